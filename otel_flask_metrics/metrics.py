@@ -1,0 +1,136 @@
+"""Every instrument otel-flask-metrics records, created once per meter provider.
+
+The definitions are data (:data:`INSTRUMENTS`) so that the dashboards, the alert
+rules and their tests can check every metric name they use against what the
+distro really emits, instead of against a second hand-kept list.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from opentelemetry.metrics import Histogram, Meter, UpDownCounter
+from opentelemetry.semconv._incubating.metrics import http_metrics as incubating_http
+from opentelemetry.semconv.metrics import http_metrics
+
+# Seconds: the bucket boundaries the HTTP semantic conventions advise for
+# http.server.request.duration.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+# Bytes: powers of four from 64 B to 16 MiB, so a p95 of a JSON API's payloads
+# (usually 100 B to 100 KiB) falls between buckets at most 4x apart.
+BODY_SIZE_BUCKETS: tuple[float, ...] = (
+    0, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216,
+)
+
+InstrumentKind = Literal["histogram", "updowncounter"]
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    """One instrument: its semantic-convention name, unit and kind."""
+
+    name: str
+    unit: str
+    kind: InstrumentKind
+    description: str
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def prometheus_name(self) -> str:
+        """The name the Collector's Prometheus exporters give this instrument.
+
+        Dots become underscores and the unit becomes a suffix (``s`` ->
+        ``_seconds``, ``By`` -> ``_bytes``; annotations such as ``{request}``
+        add nothing), as the OpenTelemetry-to-Prometheus compatibility spec says.
+        """
+        base = re.sub(r"[^a-zA-Z0-9_]", "_", self.name)
+        suffix = _PROMETHEUS_UNIT_SUFFIXES.get(self.unit, "")
+        return base + suffix
+
+
+_PROMETHEUS_UNIT_SUFFIXES = {"s": "_seconds", "By": "_bytes"}
+
+REQUEST_DURATION = InstrumentSpec(
+    name=http_metrics.HTTP_SERVER_REQUEST_DURATION,
+    unit="s",
+    kind="histogram",
+    description="Duration of HTTP server requests, until the last body byte was handed to the server.",
+    buckets=DURATION_BUCKETS,
+)
+REQUEST_BODY_SIZE = InstrumentSpec(
+    name=incubating_http.HTTP_SERVER_REQUEST_BODY_SIZE,
+    unit="By",
+    kind="histogram",
+    description="Size of HTTP server request bodies.",
+    buckets=BODY_SIZE_BUCKETS,
+)
+RESPONSE_BODY_SIZE = InstrumentSpec(
+    name=incubating_http.HTTP_SERVER_RESPONSE_BODY_SIZE,
+    unit="By",
+    kind="histogram",
+    description="Size of HTTP server response bodies, as sent.",
+    buckets=BODY_SIZE_BUCKETS,
+)
+ACTIVE_REQUESTS = InstrumentSpec(
+    name=incubating_http.HTTP_SERVER_ACTIVE_REQUESTS,
+    unit="{request}",
+    kind="updowncounter",
+    description="Number of HTTP server requests in flight.",
+)
+
+INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    REQUEST_DURATION,
+    REQUEST_BODY_SIZE,
+    RESPONSE_BODY_SIZE,
+    ACTIVE_REQUESTS,
+)
+
+
+def prometheus_series_names() -> frozenset[str]:
+    """Every series name the instruments become in Prometheus.
+
+    Histograms become ``_bucket``, ``_sum`` and ``_count`` series; the others
+    keep their base name.
+    """
+    names: set[str] = set()
+    for spec in INSTRUMENTS:
+        if spec.kind == "histogram":
+            names.update(spec.prometheus_name + s for s in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(spec.prometheus_name)
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class HttpServerInstruments:
+    """The instruments of one meter, created once and shared by every request."""
+
+    duration: Histogram
+    request_body_size: Histogram
+    response_body_size: Histogram
+    active_requests: UpDownCounter
+
+    @classmethod
+    def create(cls, meter: Meter) -> HttpServerInstruments:
+        def histogram(spec: InstrumentSpec) -> Histogram:
+            return meter.create_histogram(
+                spec.name,
+                unit=spec.unit,
+                description=spec.description,
+                explicit_bucket_boundaries_advisory=list(spec.buckets),
+            )
+
+        return cls(
+            duration=histogram(REQUEST_DURATION),
+            request_body_size=histogram(REQUEST_BODY_SIZE),
+            response_body_size=histogram(RESPONSE_BODY_SIZE),
+            active_requests=meter.create_up_down_counter(
+                ACTIVE_REQUESTS.name,
+                unit=ACTIVE_REQUESTS.unit,
+                description=ACTIVE_REQUESTS.description,
+            ),
+        )
