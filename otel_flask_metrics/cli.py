@@ -1,0 +1,131 @@
+"""``otel-flask-metrics check``: what would the distro do with this environment?
+
+It prints the effective configuration, every problem (bad values, unknown
+``OTEL_FLASK_METRICS_*`` variables, unknown exporters), and whether the OTLP
+endpoint answers. It exits 1 when any variable is bad, so it can gate a
+deployment; an unreachable endpoint only fails with ``--require-endpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from importlib.metadata import entry_points
+
+from .config import OPTIONS, ConfigProblem, resolve_settings
+from .distro import DISTRO_NAME, ENVIRONMENT_DEFAULTS, _load_exporters
+from .version import __version__
+
+_ENDPOINT_TIMEOUT = 3.0  # seconds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="otel-flask-metrics")
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="validate the configuration in the environment")
+    check.add_argument(
+        "--require-endpoint",
+        action="store_true",
+        help="also fail when the OTLP endpoint does not answer",
+    )
+    args = parser.parse_args(argv)
+    return run_check(os.environ, require_endpoint=args.require_endpoint)
+
+
+def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> int:
+    env = {**ENVIRONMENT_DEFAULTS, **environ}
+    settings, problems = resolve_settings(env)
+    print(f"otel-flask-metrics {__version__}")
+    print("settings:")
+    for option in OPTIONS:
+        value = getattr(settings, option.field)
+        if option.secret:
+            shown = "(set)" if value else "(not set)"
+        elif callable(value):
+            shown = f"{value.__module__}.{getattr(value, '__qualname__', value)}"
+        else:
+            shown = repr(value)
+        source = "env" if option.variable in environ else "default"
+        print(f"  {option.variable} = {shown} [{source}]")
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", *ENVIRONMENT_DEFAULTS):
+        if name in env:
+            print(f"  {name} = {env[name]!r}")
+
+    for signal in ("traces", "metrics", "logs"):
+        # Instantiating validates names and protocols exactly as startup does.
+        for exporter in _load_exporters(signal, env, problems):
+            shutdown = getattr(exporter, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+    problems.extend(_distro_conflicts(environ))
+    if not settings.consumer_hash_key and settings.consumer_header and not settings.consumer_header_raw:
+        print(
+            "note: OTEL_FLASK_METRICS_CONSUMER_HASH_KEY is not set; consumer pseudonyms use "
+            "a public key"
+        )
+
+    endpoint_ok = True
+    if "otlp" in env.get("OTEL_METRICS_EXPORTER", "") or "otlp" in env.get("OTEL_TRACES_EXPORTER", ""):
+        endpoint_ok = _print_endpoint_status(env)
+
+    if problems:
+        print(f"{len(problems)} problem(s):")
+        for problem in problems:
+            print(f"  {problem}")
+        return 1
+    if require_endpoint and not endpoint_ok:
+        return 1
+    print("configuration OK")
+    return 0
+
+
+def _distro_conflicts(environ: Mapping[str, str]) -> list[ConfigProblem]:
+    """Another distro installed beside ours is picked in an undefined order."""
+    others = sorted(ep.name for ep in entry_points(group="opentelemetry_distro") if ep.name != DISTRO_NAME)
+    chosen = environ.get("OTEL_PYTHON_DISTRO")
+    if others and chosen != DISTRO_NAME:
+        return [
+            ConfigProblem(
+                "OTEL_PYTHON_DISTRO",
+                chosen or "",
+                f"other distros are installed ({', '.join(others)}); set "
+                f"OTEL_PYTHON_DISTRO={DISTRO_NAME} so opentelemetry-instrument uses this one",
+            )
+        ]
+    return []
+
+
+def _print_endpoint_status(env: Mapping[str, str]) -> bool:
+    protocol = env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if protocol.strip() == "grpc":
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317")
+        print(f"OTLP endpoint: {base} (grpc; not probed)")
+        return True
+    url = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/") + "/v1/metrics"
+    )
+    # An empty export request is valid OTLP: a Collector answers it with 200.
+    probe = urllib.request.Request(
+        url, data=b"", method="POST", headers={"Content-Type": "application/x-protobuf"}
+    )
+    try:
+        with urllib.request.urlopen(probe, timeout=_ENDPOINT_TIMEOUT) as response:
+            print(f"OTLP endpoint: {url} answers (HTTP {response.status})")
+            return True
+    except urllib.error.HTTPError as exc:
+        print(f"OTLP endpoint: {url} answers with HTTP {exc.code}")
+        return exc.code < 500
+    except (OSError, ValueError) as exc:
+        print(f"OTLP endpoint: {url} does not answer ({exc})")
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

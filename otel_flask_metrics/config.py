@@ -1,0 +1,230 @@
+"""Environment variables (and keyword arguments) -> one frozen, typed :class:`Settings`.
+
+Every option is declared once in :data:`OPTIONS`: its environment variable, its
+parser, its default and an example. The README table, ``otel-flask-metrics
+check`` and the resolver are all driven by that table, so an option cannot be
+documented and forgotten, or parsed two ways.
+
+Telemetry must never take the app down: a bad value is reported as a
+:class:`ConfigProblem` (one log line naming the variable, the value, what is
+accepted and the default used instead) and the default is used. Keyword
+arguments given in code take precedence over the environment, which takes
+precedence over the defaults, as the OpenTelemetry configuration spec says.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Generic, TypeVar
+
+_logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "OTEL_FLASK_METRICS_"
+
+T = TypeVar("T")
+
+
+class InvalidValue(ValueError):
+    """Raised by a parser; its message says what is accepted."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """A setting that could not be used as given."""
+
+    variable: str
+    value: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.variable}={self.value!r}: {self.message}"
+
+
+# A callback that receives the Flask request and returns None, a consumer id,
+# or a mapping with "id", "name", "group" (or ReadMe's "api_key", "label").
+ConsumerCallback = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of otel-flask-metrics, validated."""
+
+    disabled: bool = False
+    environment: str | None = None
+    consumer_header: str | None = None
+    consumer_header_raw: bool = False
+    consumer_hash_key: str | None = field(default=None, repr=False)
+    consumer_callback: ConsumerCallback | None = None
+    consumer_id_max_length: int = 128
+    max_consumers: int = 1000
+    parse_user_agent: bool = True
+
+
+# --- parsers: one small function per kind of value --------------------------
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise InvalidValue("expected true or false")
+
+
+def _parse_positive_int(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise InvalidValue("expected a positive integer") from None
+    if value < 1:
+        raise InvalidValue("expected a positive integer")
+    return value
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+def _parse_header_name(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not _HEADER_NAME.match(value):
+        raise InvalidValue("expected an HTTP header name such as X-API-Key")
+    return value
+
+
+def _parse_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _parse_callback(raw: str) -> ConsumerCallback | None:
+    value = raw.strip()
+    if not value:
+        return None
+    module_name, sep, attribute = value.partition(":")
+    if not sep or not module_name or not attribute:
+        raise InvalidValue("expected package.module:function")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except Exception as exc:  # any import-time error of the user's module
+        raise InvalidValue(f"expected an importable package.module:function ({exc})") from None
+    if not callable(target):
+        raise InvalidValue("expected package.module:function naming a callable")
+    return target  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Option(Generic[T]):
+    """One setting: the field it fills, its variable, parser and documentation."""
+
+    field: str
+    parse: Callable[[str], T]
+    type_name: str
+    description: str
+    example: str
+    secret: bool = False
+
+    @property
+    def variable(self) -> str:
+        return ENV_PREFIX + self.field.upper()
+
+
+OPTIONS: tuple[Option[Any], ...] = (
+    Option("disabled", _parse_bool, "bool",
+           "Turn otel-flask-metrics off entirely (no spans, no metrics, no hooks).", "true"),
+    Option("environment", _parse_text, "string",
+           "Sets deployment.environment.name on the resource unless OTEL_RESOURCE_ATTRIBUTES "
+           "already does.", "production"),
+    Option("consumer_header", _parse_header_name, "header name",
+           "Request header whose value identifies the API consumer (pseudonymised).",
+           "X-API-Key"),
+    Option("consumer_header_raw", _parse_bool, "bool",
+           "Export the consumer header's value as-is instead of a keyed hash. Only for "
+           "headers that carry no secret (e.g. X-Client-Name).", "false"),
+    Option("consumer_hash_key", _parse_text, "string (secret)",
+           "Key of the HMAC that pseudonymises consumer credentials and redacted values. "
+           "Set it in production: without it, pseudonyms use a public key.",
+           "a-long-random-string", secret=True),
+    Option("consumer_callback", _parse_callback, "package.module:function",
+           "Called with the Flask request after the view ran; returns None, an id, or "
+           "a mapping with id/name/group.", "myapp.auth:identify_consumer"),
+    Option("consumer_id_max_length", _parse_positive_int, "int",
+           "Consumer ids, names and groups are trimmed to this many characters.", "64"),
+    Option("max_consumers", _parse_positive_int, "int",
+           "Distinct consumer ids kept as metric labels per process; later ones are "
+           "folded into the overflow value `_other` (spans keep the real id).", "5000"),
+    Option("parse_user_agent", _parse_bool, "bool",
+           "Add user_agent.name and user_agent.os.name (parsed, low-cardinality) to "
+           "sampled server spans.", "false"),
+)
+
+OPTIONS_BY_VARIABLE: dict[str, Option[Any]] = {o.variable: o for o in OPTIONS}
+_FIELDS = {f.name for f in fields(Settings)}
+assert _FIELDS == {o.field for o in OPTIONS}, "every Settings field needs exactly one Option"
+
+
+def resolve_settings(
+    environ: Mapping[str, str] | None = None, **overrides: Any
+) -> tuple[Settings, list[ConfigProblem]]:
+    """Build the effective :class:`Settings` and list what was wrong on the way.
+
+    :param environ: the environment to read; ``os.environ`` when omitted. It is
+        read here, at configure time, never at import.
+    :param overrides: keyword arguments given in code, by :class:`Settings`
+        field name; they win over the environment.
+    """
+    env = os.environ if environ is None else environ
+    problems: list[ConfigProblem] = []
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = env.get(option.variable)
+        if raw is None:
+            continue
+        try:
+            values[option.field] = option.parse(raw)
+        except InvalidValue as exc:
+            default = getattr(Settings(), option.field)
+            shown = "***" if option.secret else raw
+            problems.append(
+                ConfigProblem(
+                    option.variable, shown, f"{exc}; using the default {default!r} instead"
+                )
+            )
+    for name, value in overrides.items():
+        if name not in _FIELDS:
+            close = difflib.get_close_matches(name, sorted(_FIELDS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(ConfigProblem(name, repr(value), f"unknown keyword argument{hint}"))
+            continue
+        if value is not None:
+            values[name] = value
+    problems.extend(unknown_variables(env))
+    return replace(Settings(), **values), problems
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[ConfigProblem]:
+    """``OTEL_FLASK_METRICS_*`` variables that no option reads, with a suggestion."""
+    problems = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in OPTIONS_BY_VARIABLE:
+            close = difflib.get_close_matches(name, list(OPTIONS_BY_VARIABLE), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(
+                ConfigProblem(name, environ[name], f"unknown variable, ignored{hint}")
+            )
+    return problems
+
+
+def report_problems(problems: list[ConfigProblem]) -> None:
+    """Log each problem once, on one line, at warning level."""
+    for problem in problems:
+        _logger.warning("otel-flask-metrics configuration: %s", problem)

@@ -1,0 +1,250 @@
+"""The ``opentelemetry-instrument`` entry points: a distro and a configurator.
+
+``opentelemetry-instrument`` runs, in order: the distro (ours only sets
+environment defaults), the configurator (ours builds the SDK providers), then
+every instrumentor. Our distro skips the stock Flask instrumentor, because
+otel-flask-metrics' own instrumentor produces the server span and the HTTP
+metrics; letting both run would double every span and every count.
+
+:func:`configure` is also the programmatic path for apps that are not started
+by ``opentelemetry-instrument`` (see :class:`~otel_flask_metrics.FlaskMetrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.sdk._configuration import _BaseConfigurator
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import DropAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from .config import ConfigProblem, Settings, report_problems, resolve_settings
+from .redaction import RedactingSpanProcessor, Redactor
+from .version import __version__
+
+_logger = logging.getLogger(__name__)
+
+DISTRO_NAME = "otel_flask_metrics"
+
+# What a Flask API team expects without setting anything: traces and metrics
+# over OTLP http/protobuf to a local Collector, logs only when asked, stable
+# HTTP semantic conventions, and metrics fresh enough for a live dashboard.
+ENVIRONMENT_DEFAULTS: Mapping[str, str] = {
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_METRICS_EXPORTER": "otlp",
+    "OTEL_LOGS_EXPORTER": "none",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
+    "OTEL_METRIC_EXPORT_INTERVAL": "15000",  # milliseconds
+    # When another distro is installed too, make sure our configurator is the
+    # one that runs once our distro was chosen (OTEL_PYTHON_DISTRO).
+    "OTEL_PYTHON_CONFIGURATOR": DISTRO_NAME,
+}
+
+# Instrumentation scopes whose HTTP server metrics ours replace: if the stock
+# Flask or WSGI instrumentation runs anyway, its instruments are dropped so no
+# request is counted twice.
+REPLACED_METER_SCOPES = (
+    "opentelemetry.instrumentation.flask",
+    "opentelemetry.instrumentation.wsgi",
+)
+
+_OTLP_PROTOCOLS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
+
+
+def is_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return env.get("OTEL_FLASK_METRICS_DISABLED", "").strip().lower() == "true"
+
+
+class FlaskMetricsDistro(BaseDistro):  # type: ignore[misc]  # untyped base class
+    """Sets environment defaults and leaves Flask to our own instrumentor."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        if is_disabled():
+            return
+        for name, value in ENVIRONMENT_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+
+    def load_instrumentor(self, entry_point: EntryPoint, **kwargs: Any) -> None:
+        if is_disabled() and entry_point.name == "flask_metrics":
+            return
+        if entry_point.name == "flask":
+            _logger.debug("otel-flask-metrics instruments Flask; skipping the stock instrumentor")
+            return
+        super().load_instrumentor(entry_point, **kwargs)
+
+
+class FlaskMetricsConfigurator(_BaseConfigurator):  # type: ignore[misc]  # untyped base
+    """Builds the SDK providers when ``opentelemetry-instrument`` starts the app."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        configure()
+
+
+@dataclass(frozen=True)
+class Providers:
+    """What :func:`configure` set up, for tests and for shutting down."""
+
+    settings: Settings
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+
+
+_configured: Providers | None = None
+
+
+def configured() -> Providers | None:
+    """The providers set by :func:`configure` in this process, if it ran."""
+    return _configured
+
+
+def configure(environ: Mapping[str, str] | None = None, **options: Any) -> Providers | None:
+    """Set up tracing and metrics for otel-flask-metrics, once per process.
+
+    The steps run in this order: settings (so a bad variable is reported
+    before anything starts), the resource (every signal shares it), the
+    providers with their processors and exporters, and last the global
+    registration, so that instrumentation created afterwards finds them.
+
+    :param environ: the environment to read (``os.environ`` by default).
+    :param options: :class:`~otel_flask_metrics.config.Settings` fields that
+        win over the environment.
+    :returns: the providers, or None when otel-flask-metrics is disabled.
+    """
+    global _configured
+    if _configured is not None:
+        _logger.warning("otel-flask-metrics is already configured in this process; ignoring")
+        return _configured
+    if environ is None:
+        # The SDK's exporters and readers read os.environ themselves.
+        for name, value in ENVIRONMENT_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+    env = os.environ if environ is None else environ
+    settings, problems = resolve_settings(env, **options)
+    if settings.disabled:
+        report_problems(problems)
+        return None
+    resource = _setup_resource(settings)
+    tracer_provider = _setup_tracing(resource, settings, env, problems)
+    meter_provider = _setup_metrics(resource, env, problems)
+    report_problems(problems)
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    _configured = Providers(settings, tracer_provider, meter_provider)
+    return _configured
+
+
+def _setup_resource(settings: Settings) -> Resource:
+    # Resource.create() reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES,
+    # and gives each process its own service.instance.id, renewed after a
+    # fork, so every pre-fork worker exports its own series.
+    resource = Resource.create(
+        {"telemetry.distro.name": "otel-flask-metrics", "telemetry.distro.version": __version__}
+    )
+    if settings.environment and "deployment.environment.name" not in resource.attributes:
+        resource = resource.merge(
+            Resource({"deployment.environment.name": settings.environment})
+        )
+    return resource
+
+
+def _setup_tracing(
+    resource: Resource, settings: Settings, env: Mapping[str, str], problems: list[ConfigProblem]
+) -> TracerProvider:
+    # The sampler (OTEL_TRACES_SAMPLER), span limits and batch sizes
+    # (OTEL_BSP_*) are read by the SDK itself.
+    provider = TracerProvider(resource=resource)
+    redactor = Redactor()
+    for exporter in _load_exporters("traces", env, problems):
+        processor: SpanProcessor = BatchSpanProcessor(exporter)
+        # Redaction wraps each export processor: nothing reaches an exporter
+        # unredacted, whatever instrumentation produced the span.
+        provider.add_span_processor(RedactingSpanProcessor(processor, redactor))
+    return provider
+
+
+def _setup_metrics(
+    resource: Resource, env: Mapping[str, str], problems: list[ConfigProblem]
+) -> MeterProvider:
+    readers: list[MetricReader] = []
+    for exporter in _load_exporters("metrics", env, problems):
+        if isinstance(exporter, MetricReader):  # e.g. a Prometheus reader
+            readers.append(exporter)
+        else:
+            # OTEL_METRIC_EXPORT_INTERVAL / _TIMEOUT are read by the reader.
+            readers.append(PeriodicExportingMetricReader(exporter))
+    views = [View(meter_name=scope, aggregation=DropAggregation()) for scope in REPLACED_METER_SCOPES]
+    return MeterProvider(resource=resource, metric_readers=readers, views=views)
+
+
+def _load_exporters(
+    signal: str, env: Mapping[str, str], problems: list[ConfigProblem]
+) -> list[Any]:
+    """Instantiate the exporters named by ``OTEL_<SIGNAL>_EXPORTER``.
+
+    Names are looked up in the ``opentelemetry_<signal>_exporter`` entry-point
+    group, as the SDK does; ``otlp`` picks http/protobuf or grpc from
+    ``OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_PROTOCOL``.
+    The exporters read their own ``OTEL_EXPORTER_OTLP_*`` variables.
+    """
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
+    raw = env.get(variable, ENVIRONMENT_DEFAULTS[variable])
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    available = {ep.name: ep for ep in entry_points(group=f"opentelemetry_{signal}_exporter")}
+    exporters: list[Any] = []
+    for name in names:
+        if name == "none":
+            continue
+        entry_name = name
+        if name == "otlp":
+            entry_name = _otlp_entry_name(signal, env, problems)
+        entry_point = available.get(entry_name)
+        if entry_point is None:
+            accepted = ", ".join(sorted({"none", "otlp", *available}))
+            problems.append(
+                ConfigProblem(variable, raw, f"unknown exporter {name!r}; accepted: {accepted}")
+            )
+            continue
+        try:
+            exporters.append(entry_point.load()())
+        except Exception as exc:
+            problems.append(ConfigProblem(variable, raw, f"exporter {name!r} failed: {exc}"))
+    return exporters
+
+
+def _otlp_entry_name(signal: str, env: Mapping[str, str], problems: list[ConfigProblem]) -> str:
+    for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(variable)
+        if protocol is None:
+            continue
+        entry = _OTLP_PROTOCOLS.get(protocol.strip())
+        if entry is not None:
+            return entry
+        problems.append(
+            ConfigProblem(
+                variable,
+                protocol,
+                "expected http/protobuf or grpc; using the default http/protobuf instead",
+            )
+        )
+        break
+    return _OTLP_PROTOCOLS["http/protobuf"]
+
+
+def exporter_names(signal: str, environ: Mapping[str, str]) -> Sequence[str]:
+    """The exporter names configured for ``signal``, for ``check``."""
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
+    raw = environ.get(variable, ENVIRONMENT_DEFAULTS[variable])
+    return [name.strip() for name in raw.split(",") if name.strip()]
