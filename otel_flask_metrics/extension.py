@@ -249,32 +249,42 @@ class _RequestRecord:
             if consumer.group is not None:
                 attributes[API_CONSUMER_GROUP] = consumer.group
 
-        instruments = state.instruments
-        instruments.duration.record(duration, attributes)
-        instruments.request_body_size.record(request_size, attributes)
-        instruments.response_body_size.record(self.response_size, attributes)
-        instruments.active_requests.add(-1, {_METHOD: self.method, _SCHEME: self.scheme})
+        try:
+            instruments = state.instruments
+            instruments.duration.record(duration, attributes)
+            instruments.request_body_size.record(request_size, attributes)
+            instruments.response_body_size.record(self.response_size, attributes)
+            instruments.active_requests.add(-1, {_METHOD: self.method, _SCHEME: self.scheme})
+        finally:
+            # Whatever happened to the metrics, the span is ended.
+            self._end_span(attributes, request_size, error_type)
 
+    def _end_span(
+        self, attributes: dict[str, Any], request_size: int, error_type: str | None
+    ) -> None:
         span = self.span
-        if span.is_recording():
-            span_attributes = dict(attributes)
-            span_attributes[HTTP_REQUEST_BODY_SIZE] = request_size
-            span_attributes[HTTP_RESPONSE_BODY_SIZE] = self.response_size
-            if consumer is not None:
-                span_attributes[API_CONSUMER_ID] = consumer.id
-                if consumer.name is not None:
-                    span_attributes[API_CONSUMER_NAME] = consumer.name
-            content_type = _header(self.response_headers, "content-type")
-            if content_type is not None:
-                span_attributes[HTTP_RESPONSE_CONTENT_TYPE] = (content_type,)
-            span.set_attributes(span_attributes)
-            if self.route is not None:
-                span.update_name(f"{self.method} {self.route}")
-            if self.exception is not None:
-                span.record_exception(self.exception)
-            if error_type is not None:
-                span.set_status(Status(StatusCode.ERROR, error_type))
-        span.end()
+        try:
+            if span.is_recording():
+                span_attributes = dict(attributes)
+                span_attributes[HTTP_REQUEST_BODY_SIZE] = request_size
+                span_attributes[HTTP_RESPONSE_BODY_SIZE] = self.response_size
+                consumer = self.consumer
+                if consumer is not None:
+                    span_attributes[API_CONSUMER_ID] = consumer.id
+                    if consumer.name is not None:
+                        span_attributes[API_CONSUMER_NAME] = consumer.name
+                content_type = _header(self.response_headers, "content-type")
+                if content_type is not None:
+                    span_attributes[HTTP_RESPONSE_CONTENT_TYPE] = (content_type,)
+                span.set_attributes(span_attributes)
+                if self.route is not None:
+                    span.update_name(f"{self.method} {self.route}")
+                if self.exception is not None:
+                    span.record_exception(self.exception)
+                if error_type is not None:
+                    span.set_status(Status(StatusCode.ERROR, error_type))
+        finally:
+            span.end()
 
 
 class _Middleware:

@@ -723,11 +723,11 @@ class Redactor:
         return [self.mask(str(v)) if masked else self._string(name, str(v)) for v in value]
 
 
-def _bounded(new: Mapping[str, AttributeValue], original: Any) -> BoundedAttributes:
+def _bounded(new: Mapping[str, AttributeValue], dropped: int) -> BoundedAttributes:
     """Immutable attributes carrying the original's dropped count, so the copy
     exports the same ``dropped_attributes_count`` as the span it replaces."""
     attrs = BoundedAttributes(attributes=new, immutable=True)
-    attrs.dropped = getattr(original, "dropped", 0)
+    attrs.dropped = dropped
     return attrs
 
 
@@ -788,40 +788,34 @@ class RedactingSpanProcessor(SpanProcessor):
         attributes: Any = span.attributes
         new_attrs = r.redact_attributes(attributes)
         if new_attrs is not None:
-            attributes = _bounded(new_attrs, attributes)
+            attributes = _bounded(new_attrs, span.dropped_attributes)
             changed = True
 
-        events: Sequence[Event] = span.events
         new_events: list[Event] = []
         events_changed = False
-        for event in events:
+        for event in span.events:
             ev_attrs = r.redact_attributes(event.attributes)
             if ev_attrs is None:
                 new_events.append(event)
             else:
                 events_changed = True
                 new_events.append(
-                    Event(event.name, _bounded(ev_attrs, event.attributes), event.timestamp)
+                    Event(event.name, _bounded(ev_attrs, event.dropped_attributes), event.timestamp)
                 )
-        if events_changed:
-            events = _bounded_list(new_events, events)
-            changed = True
+        changed = changed or events_changed
 
-        links: Sequence[trace_api.Link] = span.links
         new_links: list[trace_api.Link] = []
         links_changed = False
-        for link in links:
+        for link in span.links:
             ln_attrs = r.redact_attributes(link.attributes)
             if ln_attrs is None:
                 new_links.append(link)
             else:
                 links_changed = True
                 new_links.append(
-                    trace_api.Link(link.context, _bounded(ln_attrs, link.attributes))
+                    trace_api.Link(link.context, _bounded(ln_attrs, link.dropped_attributes))
                 )
-        if links_changed:
-            links = _bounded_list(new_links, links)
-            changed = True
+        changed = changed or links_changed
 
         status = span.status
         if status.description:
@@ -838,8 +832,8 @@ class RedactingSpanProcessor(SpanProcessor):
             parent=span.parent,
             resource=span.resource,
             attributes=attributes,
-            events=events,
-            links=links,
+            events=_bounded_list(new_events, span.dropped_events),
+            links=_bounded_list(new_links, span.dropped_links),
             kind=span.kind,
             status=status,
             start_time=span.start_time,
@@ -854,14 +848,14 @@ class RedactingSpanProcessor(SpanProcessor):
         return self._processor.force_flush(timeout_millis)
 
 
-def _bounded_list(items: list[Any], original: Sequence[Any]) -> Sequence[Any]:
+def _bounded_list(items: list[Any], dropped: int) -> Sequence[Any]:
     """Keep the original's dropped count (events/links over the span limits)."""
-    if not isinstance(original, BoundedList):
+    if not dropped:
         return tuple(items)
     bounded: BoundedList[Any] = BoundedList(None)
     # BoundedList.extend is unannotated in the SDK.
     cast(Any, bounded).extend(items)
-    bounded.dropped = original.dropped
+    bounded.dropped = dropped
     return bounded
 
 
