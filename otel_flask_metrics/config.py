@@ -224,7 +224,16 @@ def unknown_variables(environ: Mapping[str, str]) -> list[ConfigProblem]:
     return problems
 
 
+_reported: set[ConfigProblem] = set()
+
+
 def report_problems(problems: list[ConfigProblem]) -> None:
-    """Log each problem once, on one line, at warning level."""
+    """Log each problem on one line at warning level, once per process.
+
+    The configurator and every ``init_app`` resolve the settings; a bad
+    variable is still one line in the log.
+    """
     for problem in problems:
-        _logger.warning("otel-flask-metrics configuration: %s", problem)
+        if problem not in _reported:
+            _reported.add(problem)
+            _logger.warning("otel-flask-metrics configuration: %s", problem)

@@ -185,8 +185,12 @@ def _setup_metrics(
         else:
             # OTEL_METRIC_EXPORT_INTERVAL / _TIMEOUT are read by the reader.
             readers.append(PeriodicExportingMetricReader(exporter))
-    views = [View(meter_name=scope, aggregation=DropAggregation()) for scope in REPLACED_METER_SCOPES]
-    return MeterProvider(resource=resource, metric_readers=readers, views=views)
+    return MeterProvider(resource=resource, metric_readers=readers, views=metric_views())
+
+
+def metric_views() -> list[View]:
+    """Views that drop the stock Flask/WSGI HTTP metrics, which ours replace."""
+    return [View(meter_name=scope, aggregation=DropAggregation()) for scope in REPLACED_METER_SCOPES]
 
 
 def _load_exporters(

@@ -1,0 +1,271 @@
+"""The distro, the configurator and ``opentelemetry-instrument`` as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from otel_flask_metrics import FlaskMetrics
+from otel_flask_metrics.config import ConfigProblem
+from otel_flask_metrics.distro import (
+    ENVIRONMENT_DEFAULTS,
+    FlaskMetricsDistro,
+    _load_exporters,
+    metric_views,
+)
+from tests.conftest import metric_points
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RecordingInstrumentor:
+    """Stands in for an instrumentor entry point's class: records that it was used."""
+
+    instrumented: list[dict[str, Any]] = []
+
+    def instrument(self, **kwargs: Any) -> None:
+        RecordingInstrumentor.instrumented.append(kwargs)
+
+
+def test_distro_sets_defaults_without_overriding_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    for name in ENVIRONMENT_DEFAULTS:
+        if name != "OTEL_EXPORTER_OTLP_PROTOCOL":
+            monkeypatch.delenv(name, raising=False)
+    FlaskMetricsDistro().configure()
+    assert os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    assert os.environ["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert os.environ["OTEL_LOGS_EXPORTER"] == "none"
+    assert os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] == "http"
+    assert os.environ["OTEL_PYTHON_CONFIGURATOR"] == "otel_flask_metrics"
+
+
+def test_disabled_distro_sets_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_FLASK_METRICS_DISABLED", "true")
+    FlaskMetricsDistro().configure()
+    assert "OTEL_TRACES_EXPORTER" not in os.environ
+
+
+def test_distro_skips_the_stock_flask_instrumentor_only() -> None:
+    RecordingInstrumentor.instrumented.clear()
+    target = f"{__name__}:RecordingInstrumentor"
+    distro = FlaskMetricsDistro()
+    distro.load_instrumentor(EntryPoint("flask", target, "opentelemetry_instrumentor"))
+    assert RecordingInstrumentor.instrumented == []
+    distro.load_instrumentor(EntryPoint("requests", target, "opentelemetry_instrumentor"), x=1)
+    assert RecordingInstrumentor.instrumented == [{"x": 1}]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, [HttpSpanExporter]),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, [GrpcSpanExporter]),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, [GrpcSpanExporter]),
+        ({"OTEL_TRACES_EXPORTER": "none"}, []),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, [HttpSpanExporter, "ConsoleSpanExporter"]),
+    ],
+)
+def test_trace_exporters_follow_the_standard_variables(
+    env: dict[str, str], expected: list[Any]
+) -> None:
+    problems: list[ConfigProblem] = []
+    exporters = _load_exporters("traces", env, problems)
+    assert problems == []
+    names = [type(e) if not isinstance(x, str) else type(e).__name__ for e, x in zip(exporters, expected)]
+    assert names == expected and len(exporters) == len(expected)
+    for exporter in exporters:
+        exporter.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "fragment"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkn"}, "OTEL_TRACES_EXPORTER", "unknown exporter 'zipkn'"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL", "expected http/protobuf or grpc"),
+    ],
+)
+def test_bad_standard_variables_are_reported_not_raised(
+    env: dict[str, str], variable: str, fragment: str
+) -> None:
+    problems: list[ConfigProblem] = []
+    exporters = _load_exporters("traces", env, problems)
+    assert [p.variable for p in problems] == [variable]
+    assert fragment in str(problems[0])
+    for exporter in exporters:
+        exporter.shutdown()
+
+
+def test_metric_exporter_defaults_to_otlp_http() -> None:
+    problems: list[ConfigProblem] = []
+    (exporter,) = _load_exporters("metrics", {}, problems)
+    assert isinstance(exporter, OTLPMetricExporter)
+    exporter.shutdown()
+
+
+def test_views_drop_the_stock_flask_metrics_so_nothing_is_counted_twice(
+    tracer_provider: Any,
+) -> None:
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader], views=metric_views())
+    app = Flask(__name__)
+    app.add_url_rule("/x", "x", lambda: "x")
+    FlaskInstrumentor().instrument_app(app, meter_provider=meter_provider, tracer_provider=tracer_provider)
+    FlaskMetrics(app, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    try:
+        app.test_client().get("/x", buffered=True)
+        data = reader.get_metrics_data()
+        scopes = {sm.scope.name for rm in data.resource_metrics for sm in rm.scope_metrics if sm.metrics}
+        assert scopes == {"otel_flask_metrics.extension"}
+        (point,) = metric_points(reader, "http.server.request.duration")
+        assert point.count == 1
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+        meter_provider.shutdown()
+
+
+def _run(code: str, env: dict[str, str], *, instrument: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-c", textwrap.dedent(code)]
+    if instrument:
+        argv = ["opentelemetry-instrument", *argv]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    full_env.update(env)
+    return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+PROBE_APP = """
+    import json
+    import flask
+    from opentelemetry import trace, metrics
+    from otel_flask_metrics.distro import configured
+    app = flask.Flask("probe")
+    app.add_url_rule("/items/<int:i>", "item", lambda i: {"i": i})
+    response = app.test_client().get("/items/3", headers={"X-API-Key": "k-123"}, buffered=True)
+    providers = configured()
+    print(json.dumps({
+        "status": response.status_code,
+        "flask_class_replaced": flask.Flask.__module__ != "flask.app",
+        "extension": "otel_flask_metrics" in app.extensions,
+        "configured": providers is not None,
+        "resource": dict(providers.tracer_provider.resource.attributes) if providers else None,
+    }))
+"""
+
+
+def _last_json(output: str) -> dict[str, Any]:
+    lines = [line for line in output.splitlines() if line.startswith("{\"status\"")]
+    assert lines, output
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def test_opentelemetry_instrument_uses_our_distro_configurator_and_instrumentor() -> None:
+    result = _run(
+        PROBE_APP,
+        {
+            "OTEL_SERVICE_NAME": "probe-api",
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_FLASK_METRICS_CONSUMER_HEADER": "X-API-Key",
+            "OTEL_FLASK_METRICS_ENVIRONMENT": "staging",
+        },
+        instrument=True,
+    )
+    assert result.returncode == 0, result.stderr
+    probe = _last_json(result.stdout)
+    assert probe["status"] == 200
+    assert probe["extension"] and probe["configured"]
+    assert not probe["flask_class_replaced"], "flask.Flask is not replaced"
+    resource = probe["resource"]
+    assert resource["service.name"] == "probe-api"
+    assert resource["deployment.environment.name"] == "staging"
+    assert resource["telemetry.distro.name"] == "otel-flask-metrics"
+    assert resource["service.instance.id"]
+    # The console exporter printed our server span, with the consumer pseudonymised.
+    assert '"http.route": "/items/<int:i>"' in result.stdout
+    assert '"api.consumer.id"' in result.stdout
+    assert "k-123" not in result.stdout
+
+
+def test_explicit_init_app_under_the_launcher_does_not_double_instrument() -> None:
+    code = """
+        import flask, json
+        from otel_flask_metrics import FlaskMetrics
+        app = flask.Flask("probe")
+        app.add_url_rule("/", "i", lambda: "ok")
+        FlaskMetrics().init_app(app)
+        FlaskMetrics(app)
+        print(json.dumps({"status": 0, "wrapped_twice": type(app.wsgi_app.wrapped).__name__ == "_Middleware"}))
+    """
+    result = _run(code, {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}, instrument=True)
+    assert result.returncode == 0, result.stderr
+    assert _last_json(result.stdout)["wrapped_twice"] is False
+    assert "already set up" not in result.stderr, "no warning for the expected no-op"
+
+
+def test_disabled_under_the_launcher_leaves_flask_alone() -> None:
+    result = _run(PROBE_APP, {"OTEL_FLASK_METRICS_DISABLED": "true"}, instrument=True)
+    assert result.returncode == 0, result.stderr
+    probe = _last_json(result.stdout)
+    assert probe["status"] == 200
+    assert not probe["extension"] and not probe["configured"]
+
+
+def test_a_bad_variable_is_one_clear_line_and_the_app_still_serves() -> None:
+    result = _run(
+        PROBE_APP,
+        {"OTEL_FLASK_METRICS_MAX_CONSUMERS": "lots", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"},
+        instrument=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert _last_json(result.stdout)["status"] == 200
+    lines = [line for line in result.stderr.splitlines() if "OTEL_FLASK_METRICS_MAX_CONSUMERS" in line]
+    assert len(lines) == 1, result.stderr
+    assert "'lots'" in lines[0] and "positive integer" in lines[0] and "1000" in lines[0]
+
+
+def test_configure_is_the_programmatic_path_for_app_factories() -> None:
+    code = """
+        import flask, json
+        import otel_flask_metrics
+        providers = otel_flask_metrics.configure(consumer_header="X-Key")
+        again = otel_flask_metrics.configure()
+        app = flask.Flask("factory")
+        app.add_url_rule("/", "i", lambda: "ok")
+        otel_flask_metrics.FlaskMetrics(app)
+        r = app.test_client().get("/", buffered=True)
+        print(json.dumps({"status": r.status_code, "same": providers is again,
+                          "header": providers.settings.consumer_header}))
+    """
+    result = _run(code, {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"})
+    assert result.returncode == 0, result.stderr
+    probe = _last_json(result.stdout)
+    assert probe == {"status": 200, "same": True, "header": "X-Key"}
+
+
+def test_another_distro_installed_beside_ours_is_resolved_by_the_documented_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.instrumentation.auto_instrumentation import _load
+
+    others = [
+        EntryPoint("other", f"{__name__}:RecordingInstrumentor", "opentelemetry_distro"),
+        EntryPoint("otel_flask_metrics", "otel_flask_metrics.distro:FlaskMetricsDistro", "opentelemetry_distro"),
+    ]
+    monkeypatch.setattr(_load, "entry_points", lambda group: others if group == "opentelemetry_distro" else [])
+    monkeypatch.setenv("OTEL_PYTHON_DISTRO", "otel_flask_metrics")
+    assert isinstance(_load._load_distro(), FlaskMetricsDistro)
