@@ -63,6 +63,7 @@ def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> 
             if shutdown is not None:
                 shutdown()
     problems.extend(_distro_conflicts(environ))
+    problems = list(dict.fromkeys(problems))  # one protocol problem, not one per signal
     if not settings.consumer_hash_key and settings.consumer_header and not settings.consumer_header_raw:
         print(
             "note: OTEL_FLASK_METRICS_CONSUMER_HASH_KEY is not set; consumer pseudonyms use "

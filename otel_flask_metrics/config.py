@@ -69,7 +69,15 @@ class Settings:
 # --- parsers: one small function per kind of value --------------------------
 
 
-def _parse_bool(raw: str) -> bool:
+# Parsers take a string from the environment or a value given in code, so
+# keyword arguments are validated exactly like variables.
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if not isinstance(raw, str):
+        raise InvalidValue("expected true or false")
     value = raw.strip().lower()
     if value == "true":
         return True
@@ -78,9 +86,11 @@ def _parse_bool(raw: str) -> bool:
     raise InvalidValue("expected true or false")
 
 
-def _parse_positive_int(raw: str) -> int:
+def _parse_positive_int(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        raise InvalidValue("expected a positive integer")
     try:
-        value = int(raw.strip())
+        value = int(raw.strip()) if isinstance(raw, str) else raw
     except ValueError:
         raise InvalidValue("expected a positive integer") from None
     if value < 1:
@@ -91,7 +101,9 @@ def _parse_positive_int(raw: str) -> int:
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
-def _parse_header_name(raw: str) -> str | None:
+def _parse_header_name(raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        raise InvalidValue("expected an HTTP header name such as X-API-Key")
     value = raw.strip()
     if not value:
         return None
@@ -100,11 +112,17 @@ def _parse_header_name(raw: str) -> str | None:
     return value
 
 
-def _parse_text(raw: str) -> str | None:
+def _parse_text(raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        raise InvalidValue("expected a string")
     return raw.strip() or None
 
 
-def _parse_callback(raw: str) -> ConsumerCallback | None:
+def _parse_callback(raw: Any) -> ConsumerCallback | None:
+    if callable(raw):
+        return raw  # type: ignore[no-any-return]
+    if not isinstance(raw, str):
+        raise InvalidValue("expected a callable or package.module:function")
     value = raw.strip()
     if not value:
         return None
@@ -127,7 +145,7 @@ class Option(Generic[T]):
     """One setting: the field it fills, its variable, parser and documentation."""
 
     field: str
-    parse: Callable[[str], T]
+    parse: Callable[[Any], T]
     type_name: str
     description: str
     example: str
@@ -187,28 +205,39 @@ def resolve_settings(
     values: dict[str, Any] = {}
     for option in OPTIONS:
         raw = env.get(option.variable)
-        if raw is None:
+        # An empty variable is unset, as the OpenTelemetry spec says.
+        if raw is None or not raw.strip():
             continue
-        try:
-            values[option.field] = option.parse(raw)
-        except InvalidValue as exc:
-            default = getattr(Settings(), option.field)
-            shown = "***" if option.secret else raw
-            problems.append(
-                ConfigProblem(
-                    option.variable, shown, f"{exc}; using the default {default!r} instead"
-                )
-            )
+        _parse_into(values, problems, option, option.variable, raw)
+    by_field = {o.field: o for o in OPTIONS}
     for name, value in overrides.items():
-        if name not in _FIELDS:
+        option = by_field.get(name)
+        if option is None:
             close = difflib.get_close_matches(name, sorted(_FIELDS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(ConfigProblem(name, repr(value), f"unknown keyword argument{hint}"))
+            problems.append(ConfigProblem(name, str(value), f"unknown keyword argument{hint}"))
             continue
         if value is not None:
-            values[name] = value
+            _parse_into(values, problems, option, name, value)
     problems.extend(unknown_variables(env))
     return replace(Settings(), **values), problems
+
+
+def _parse_into(
+    values: dict[str, Any],
+    problems: list[ConfigProblem],
+    option: Option[Any],
+    source: str,
+    raw: Any,
+) -> None:
+    try:
+        values[option.field] = option.parse(raw)
+    except InvalidValue as exc:
+        default = getattr(Settings(), option.field)
+        shown = "***" if option.secret else str(raw)
+        problems.append(
+            ConfigProblem(source, shown, f"{exc}; using the default {default!r} instead")
+        )
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[ConfigProblem]:
@@ -218,9 +247,12 @@ def unknown_variables(environ: Mapping[str, str]) -> list[ConfigProblem]:
         if name.startswith(ENV_PREFIX) and name not in OPTIONS_BY_VARIABLE:
             close = difflib.get_close_matches(name, list(OPTIONS_BY_VARIABLE), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            problems.append(
-                ConfigProblem(name, environ[name], f"unknown variable, ignored{hint}")
+            # A misspelt secret variable still holds a secret.
+            secret = (close and OPTIONS_BY_VARIABLE[close[0]].secret) or any(
+                word in name for word in ("KEY", "SECRET", "TOKEN", "PASSWORD")
             )
+            shown = "***" if secret else environ[name]
+            problems.append(ConfigProblem(name, shown, f"unknown variable, ignored{hint}"))
     return problems
 
 

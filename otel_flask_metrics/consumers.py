@@ -40,7 +40,8 @@ OVERFLOW_CONSUMER_ID = "_other"
 # restarts, but anyone can recompute them: check warns about it.
 DEFAULT_HASH_KEY = b"otel-flask-metrics/default-consumer-key"
 
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 control characters (Unicode category Cc).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def configure(environ: Mapping[str, str] | None = None, **options: Any) -> Provi
     resource = _setup_resource(settings)
     tracer_provider = _setup_tracing(resource, settings, env, problems)
     meter_provider = _setup_metrics(resource, env, problems)
-    report_problems(problems)
+    report_problems(problems)  # deduplicated: a bad protocol is one line
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     _configured = Providers(settings, tracer_provider, meter_provider)

@@ -174,6 +174,8 @@ class _AppState:
         self.instruments = HttpServerInstruments.create(meter)
         self.consumers = ConsumerResolver(settings)
         self.consumer_labels = ConsumerLabelLimiter(settings.max_consumers)
+        # Apps may use per-tenant groups: they are capped the same way.
+        self.group_labels = ConsumerLabelLimiter(settings.max_consumers)
         # OTEL_PYTHON_FLASK_EXCLUDED_URLS, or OTEL_PYTHON_EXCLUDED_URLS.
         self.excluded_urls = get_excluded_urls("FLASK")
         if settings.parse_user_agent:
@@ -247,7 +249,7 @@ class _RequestRecord:
         if consumer is not None:
             attributes[API_CONSUMER_ID] = state.consumer_labels.label(consumer.id)
             if consumer.group is not None:
-                attributes[API_CONSUMER_GROUP] = consumer.group
+                attributes[API_CONSUMER_GROUP] = state.group_labels.label(consumer.group)
 
         try:
             instruments = state.instruments
@@ -271,6 +273,8 @@ class _RequestRecord:
                 consumer = self.consumer
                 if consumer is not None:
                     span_attributes[API_CONSUMER_ID] = consumer.id
+                    if consumer.group is not None:
+                        span_attributes[API_CONSUMER_GROUP] = consumer.group
                     if consumer.name is not None:
                         span_attributes[API_CONSUMER_NAME] = consumer.name
                 content_type = _header(self.response_headers, "content-type")
