@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The test command: installs everything the tests need, then runs them all.
+#   - Python deps into .venv (the package itself, editable, with its test extras)
+#   - Prometheus, promtool, Alertmanager and amtool from Debian, if missing
+#   - the OpenTelemetry Collector from collector-config/builder-manifest.yaml
+#     (built with Go and the Collector Builder; cached by manifest hash)
+# Extra arguments go to pytest, e.g. `scripts/test.sh -k consumers`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+started=$(date +%s)
+
+step "system packages"
+need=()
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
+command -v amtool >/dev/null || need+=(prometheus-alertmanager)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
+prometheus --version 2>&1 | head -n 1
+
+step "python environment"
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+export PATH="$PWD/.venv/bin:$PATH"
+
+step "OpenTelemetry Collector"
+command -v go >/dev/null || { echo "Go is required to build the Collector: https://go.dev/dl/"; exit 1; }
+collector=$(bash scripts/build-collector.sh)
+echo "$collector"
+
+step "tests"
+status=0
+python -m pytest -q -p no:cacheprovider "$@" || status=$?
+echo "test command took $(( $(date +%s) - started ))s"
+exit $status
