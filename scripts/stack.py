@@ -173,12 +173,14 @@ class LocalStack:
         work_dir: Path | None = None,
         *,
         extra_collector_configs: Sequence[Path] = (),
+        collector_env: Mapping[str, str] | None = None,
         with_alertmanager: bool = True,
     ) -> None:
         self._owns_dir = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="ofm-stack-")) if work_dir is None else work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.extra_collector_configs = list(extra_collector_configs)
+        self.extra_collector_env = dict(collector_env or {})
         self.with_alertmanager = with_alertmanager
         self.ports = {
             name: free_port()
@@ -211,6 +213,7 @@ class LocalStack:
             "PROMETHEUS_REMOTE_WRITE_ENDPOINT": f"{self.prometheus_url}/api/v1/write",
             # No trace store runs here; the tests read traces from a file exporter.
             "TRACES_OTLP_ENDPOINT": f"{LOOPBACK}:{self.ports['otlp_grpc']}",
+            **self.extra_collector_env,
         }
 
     def prometheus_config(self) -> Path:
