@@ -42,6 +42,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
@@ -110,51 +111,63 @@ DEFAULT_DENIED_KEYS: tuple[str, ...] = (
     "ssn",
 )
 
+# User patterns given as strings are compiled case-insensitively.
 _FLAGS = re.IGNORECASE
+
+
+def _ci(word: str) -> str:
+    """``word`` as a case-insensitive regex ("Key" -> "[kK][eE][yY]").
+
+    The default patterns spell case-insensitivity out instead of using
+    ``re.IGNORECASE``: ``re`` then keeps its fast first-character scan, which
+    made the ``key=value`` pattern about 2.5 times faster.
+    """
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else c
+                   for c in word)
+
 
 #: Value patterns, tried in this order; an earlier match wins over an
 #: overlapping later one. Quantifiers are bounded so that long bodies without
-#: secrets are scanned in linear time.
+#: secrets are scanned in linear time. Keywords (``Bearer``, ``password=``,
+#: URL schemes, email addresses) match in any case; token formats whose case is
+#: part of the format (``AKIA``, ``eyJ``, ``ghp_``, ``sk_live_``) match as issued,
+#: which avoids masking ordinary words that happen to look like them.
 DEFAULT_VALUE_PATTERNS: tuple[re.Pattern[str], ...] = (
     # Password in a URL's userinfo: keep the scheme and user, mask the password.
-    re.compile(
-        r"\b[a-z][a-z0-9+.-]{0,30}://[^:@/\s]{0,256}:(?P<secret>[^\s/?#]{1,256})@", _FLAGS
-    ),
+    re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^:@/\s]{0,256}:(?P<secret>[^\s/?#]{1,256})@"),
     # JSON Web Tokens (header and payload are base64url JSON, so start with "eyJ").
     # The lookbehind (not \b) allows one start per base64url run: linear time.
     re.compile(
         r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"
-        r"(?:\.[A-Za-z0-9_-]*){0,2}",
-        _FLAGS,
+        r"(?:\.[A-Za-z0-9_-]*){0,2}"
     ),
     # Authorization header values: keep the scheme so the trace still says which.
-    re.compile(r"\b(?:bearer|basic)\s+(?P<secret>[A-Za-z0-9._~+/-]{8,}=*)", _FLAGS),
+    re.compile(rf"\b(?:{_ci('bearer')}|{_ci('basic')})\s+(?P<secret>[A-Za-z0-9._~+/-]{{8,}}=*)"),
     # AWS access key ids.
-    re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b", _FLAGS),
+    re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b"),
     # GitHub tokens: classic (ghp_, gho_, ghu_, ghs_, ghr_) and fine-grained.
-    re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})", _FLAGS),
+    re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})"),
     # Slack tokens.
-    re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}", _FLAGS),
+    re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}"),
     # Stripe secret and restricted keys, webhook signing secrets.
-    re.compile(r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|whsec_[A-Za-z0-9]{10,})", _FLAGS),
+    re.compile(r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|whsec_[A-Za-z0-9]{10,})"),
     # Google API keys.
-    re.compile(r"\bAIza[0-9A-Za-z_-]{35}", _FLAGS),
+    re.compile(r"\bAIza[0-9A-Za-z_-]{35}"),
     # key=value / key: value pairs in query strings, logs and messages (no
     # leading \b, so x_api_key=, client_secret= and refresh_token= match too).
     re.compile(
-        r"(?:api[_-]?key|token|secret|password|passwd|pwd|session[_-]?id)"
-        r"[\"']?\s{0,3}[=:]\s{0,3}[\"']?(?P<secret>[^&\s#\"',;]{1,1024})",
-        _FLAGS,
+        rf"(?:{_ci('api')}[_-]?{_ci('key')}|{_ci('token')}|{_ci('secret')}|{_ci('passw')}"
+        rf"(?:{_ci('or')})?{_ci('d')}|{_ci('pwd')}|{_ci('session')}[_-]?{_ci('id')})"
+        r"[\"']?\s{0,3}[=:]\s{0,3}[\"']?(?P<secret>[^&\s#\"',;]{1,1024})"
     ),
     # Email addresses (one start per run of local-part characters: linear time).
     re.compile(
         r"(?<![A-Za-z0-9_.%+-])[A-Za-z0-9_.%+-]{1,64}"
-        r"@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b",
-        _FLAGS,
+        r"@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"
     ),
     # Payment card numbers: 13-19 digits, optional single spaces or dashes,
     # issuer prefix 2-6, Luhn-checked (see the ``luhn`` group).
-    re.compile(r"(?<![\d])(?P<luhn>[2-6](?:[ -]?\d){12,18})(?!\d)", _FLAGS),
+    re.compile(r"(?<![\d])(?P<luhn>[2-6](?:[ -]?\d){12,18})(?!\d)"),
 )
 
 # For each default pattern, a literal-ish regex that must match the
@@ -169,9 +182,9 @@ _DEFAULT_TRIGGERS: dict[re.Pattern[str], str] = dict(
             "eyj",  # JWT
             "bearer|basic",
             "akia|asia|abia|acca",
-            "gh[pousr]_|github_pat_",
-            "xox[baprs]-",
-            "[sr]k_(?:live|test)_|whsec_",
+            "ghp_|gho_|ghu_|ghs_|ghr_|github_pat_",
+            "xoxb-|xoxa-|xoxp-|xoxr-|xoxs-",
+            "sk_live_|sk_test_|rk_live_|rk_test_|whsec_",
             "aiza",
             "key|token|secret|passw|pwd|session",  # key=value
             "@",  # email
@@ -187,7 +200,11 @@ _MAX_DEPTH = 64
 # Entries: the per-Redactor cache of key decisions stops growing here (JSON
 # bodies can carry arbitrary keys).
 _KEY_CACHE_SIZE = 4096
+# Entries and characters: the cache of attribute strings known to be clean.
+_CLEAN_CACHE_SIZE = 4096
+_CLEAN_MAX_CHARS = 512
 
+_LITERALS = re.compile(r"[a-z0-9_@-]+(?:\|[a-z0-9_@-]+)*")
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+|[a-z]+")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 # A "key": value pair in text that is not valid JSON (typically a body
@@ -209,6 +226,13 @@ def _normalise(key: str) -> str:
 
 def _words(key: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(key)]
+
+
+def _short_strings(values: tuple[Any, ...]) -> bool:
+    """Whether a tuple attribute (e.g. a header's values) may be cached as clean."""
+    return len(values) <= 8 and all(
+        isinstance(v, str) and len(v) <= _CLEAN_MAX_CHARS for v in values
+    )
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -366,13 +390,20 @@ class Redactor:
         # Each pattern with its own trigger (None: the user's patterns, which
         # are their own precheck), so a text with a candidate runs only the
         # patterns that can match it.
-        compiled = {t: re.compile(t) for t in triggers}
+        # A trigger made of literals is checked with ``in`` (faster than a search).
+        compiled: dict[str, tuple[str, ...] | re.Pattern[str]] = {
+            t: tuple(t.split("|")) if _LITERALS.fullmatch(t) else re.compile(t) for t in triggers
+        }
         self._plan = tuple(
             (p, compiled[_DEFAULT_TRIGGERS[p]] if p in _DEFAULT_TRIGGERS else None)
             for p in self._patterns
         )
         self._untriggered = tuple(p for p in self._patterns if p not in _DEFAULT_TRIGGERS)
         self._key_cache: dict[str, int] = {}
+        # Plain attribute strings known to need no masking (never a secret:
+        # only unchanged values under keys that are neither denied, URLs nor
+        # queries go in). Emptied when full, so it stays bounded.
+        self._clean: set[str | tuple[str, ...]] = set()
 
     # -- keys ---------------------------------------------------------------
 
@@ -457,13 +488,16 @@ class Redactor:
         starts: list[int] = []
         ends: list[int] = []
         spans: list[tuple[int, int]] = []
-        hits: dict[re.Pattern[str], bool] = {}
         for pattern, trigger in self._plan:
             if trigger is not None:
-                hit = hits.get(trigger)
-                if hit is None:
-                    hit = hits[trigger] = trigger.search(lower) is not None
-                if not hit:
+                if isinstance(trigger, tuple):
+                    # A plain loop: a generator per pattern costs more than the checks.
+                    for literal in trigger:
+                        if literal in lower:
+                            break
+                    else:
+                        continue
+                elif trigger.search(lower) is None:
                     continue
             for m in pattern.finditer(s):
                 start, end = m.span()
@@ -570,16 +604,31 @@ class Redactor:
         if not attrs:
             return None
         out: dict[str, AttributeValue] | None = None
+        clean = self._clean
         for key, value in attrs.items():
-            # Fast path for the common scalar attributes (status codes, sizes,
-            # ports) under keys that are not denied.
-            if type(value) in _PASS_TYPES and not self._key_kind(key) & _DENIED:
+            kind = self._key_kind(key)
+            value_type = type(value)
+            # Fast paths: numbers, booleans and the like under keys that are not
+            # denied; plain strings already seen to need nothing (method, route,
+            # host, user agent... recur on every span).
+            if not kind & _DENIED and (
+                value_type in _PASS_TYPES
+                or ((value_type is str or value_type is tuple) and value in clean)
+            ):
                 continue
             new = self.redact_value(key, value)
-            if new is not value and out is None:
+            if new is value:
+                if not kind and (
+                    (isinstance(value, str) and len(value) <= _CLEAN_MAX_CHARS)
+                    or (isinstance(value, tuple) and _short_strings(value))
+                ):
+                    if len(clean) >= _CLEAN_CACHE_SIZE:
+                        clean.clear()
+                    clean.add(value)
+                continue
+            if out is None:
                 out = dict(attrs)
-            if out is not None:
-                out[key] = new
+            out[key] = new
         return out
 
     # -- URLs -----------------------------------------------------------------
@@ -628,7 +677,7 @@ class Redactor:
             name, eq, value = part.partition("=")
             if not eq or not value:
                 continue
-            decoded = unquote_plus(name)
+            decoded = unquote_plus(name) if "%" in name or "+" in name else name
             if self.is_denied(decoded) or (use_allowlist and not self._keeps(decoded)):
                 masked = self.mask(unquote_plus(value))
                 if masked != value:
@@ -783,9 +832,13 @@ class Redactor:
         return [self.mask(str(v)) if masked else self._string(kind, str(v)) for v in value]
 
 
-def _bounded(new: Mapping[str, AttributeValue], dropped: int) -> BoundedAttributes:
-    """Immutable attributes carrying the original's dropped count, so the copy
-    exports the same ``dropped_attributes_count`` as the span it replaces."""
+def _bounded(new: dict[str, AttributeValue], dropped: int) -> Mapping[str, AttributeValue]:
+    """Read-only attributes for the copy. If the original dropped some (over
+    the span limits), a ``BoundedAttributes`` carrying that count, so the copy
+    exports the same ``dropped_attributes_count``; otherwise a cheap read-only
+    view (building ``BoundedAttributes`` re-validates every value)."""
+    if not dropped:
+        return MappingProxyType(new)
     attrs = BoundedAttributes(attributes=new, immutable=True)
     attrs.dropped = dropped
     return attrs
@@ -972,11 +1025,15 @@ class RedactingLogRecordProcessor(LogRecordProcessor):
         if new_attrs is None or attrs is None:
             return
         if isinstance(attrs, BoundedAttributes):
-            for key, value in new_attrs.items():
-                if value is not attrs.get(key):
-                    attrs[key] = value
-        else:
-            record.attributes = new_attrs
+            try:
+                # In place keeps the SDK's limits and dropped count on the record.
+                for key, value in new_attrs.items():
+                    if value is not attrs.get(key):
+                        attrs[key] = value
+                return
+            except TypeError:  # an immutable BoundedAttributes
+                pass
+        record.attributes = _bounded(new_attrs, getattr(attrs, "dropped", 0))
 
     def enabled(
         self,
