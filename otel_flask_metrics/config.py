@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 import logging
 import os
 import re
@@ -49,6 +50,8 @@ class ConfigProblem:
 # A callback that receives the Flask request and returns None, a consumer id,
 # or a mapping with "id", "name", "group" (or ReadMe's "api_key", "label").
 ConsumerCallback = Callable[[Any], Any]
+# Called with the Flask request; True means "do not record this request's details".
+RequestPredicate = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,17 @@ class Settings:
     consumer_id_max_length: int = 128
     max_consumers: int = 1000
     parse_user_agent: bool = True
+    redact_keys: tuple[str, ...] = ()
+    redact_keys_replace: bool = False
+    redact_patterns: tuple[str, ...] = ()
+    redact_patterns_replace: bool = False
+    redact_allowed_keys: tuple[str, ...] | None = None
+    redact_marker: str = "[REDACTED]"
+    redact_hash: bool = False
+    capture_bodies: bool = False
+    capture_body_max_bytes: int = 4096
+    skip_callback: RequestPredicate | None = None
+    allowed_hosts: tuple[str, ...] | None = None
 
 
 # --- parsers: one small function per kind of value --------------------------
@@ -140,6 +154,44 @@ def _parse_callback(raw: Any) -> ConsumerCallback | None:
     return target  # type: ignore[no-any-return]
 
 
+def _parse_list(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items = raw.split(",")
+    elif isinstance(raw, (list, tuple, set, frozenset)) and all(isinstance(i, str) for i in raw):
+        items = list(raw)
+    else:
+        raise InvalidValue("expected a comma-separated list")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _parse_optional_list(raw: Any) -> tuple[str, ...] | None:
+    return _parse_list(raw) or None
+
+
+def _parse_patterns(raw: Any) -> tuple[str, ...]:
+    # Regexes often contain commas, so the variable holds a JSON array.
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise InvalidValue('expected a JSON array of regexes, e.g. ["ref-[0-9]{6}"]') from None
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(p, str) for p in raw):
+        raise InvalidValue('expected a JSON array of regexes, e.g. ["ref-[0-9]{6}"]')
+    for pattern in raw:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise InvalidValue(f"expected valid regexes ({pattern!r}: {exc})") from None
+    return tuple(raw)
+
+
+def _parse_marker(raw: Any) -> str:
+    text = _parse_text(raw)
+    if text is None:
+        raise InvalidValue("expected a non-empty marker")
+    return text
+
+
 @dataclass(frozen=True)
 class Option(Generic[T]):
     """One setting: the field it fills, its variable, parser and documentation."""
@@ -183,6 +235,36 @@ OPTIONS: tuple[Option[Any], ...] = (
     Option("parse_user_agent", _parse_bool, "bool",
            "Add user_agent.name and user_agent.os.name (parsed, low-cardinality) to "
            "sampled server spans.", "false"),
+    Option("redact_keys", _parse_list, "list",
+           "More keys (headers, query/form fields, JSON keys, attributes) whose values "
+           "are redacted, added to the defaults.", "x-session,ssn"),
+    Option("redact_keys_replace", _parse_bool, "bool",
+           "Use only OTEL_FLASK_METRICS_REDACT_KEYS, not the default keys.", "false"),
+    Option("redact_patterns", _parse_patterns, "JSON array of regexes",
+           "More value patterns redacted wherever they appear, added to the defaults.",
+           '["ref-[0-9]{6}"]'),
+    Option("redact_patterns_replace", _parse_bool, "bool",
+           "Use only OTEL_FLASK_METRICS_REDACT_PATTERNS, not the default patterns.", "false"),
+    Option("redact_allowed_keys", _parse_optional_list, "list",
+           "If set, captured headers, query and form fields and JSON keys not listed are "
+           "redacted too (denied keys always are).", "id,name,status"),
+    Option("redact_marker", _parse_marker, "string",
+           "What a redacted value is replaced with.", "***"),
+    Option("redact_hash", _parse_bool, "bool",
+           "Replace redacted values by [REDACTED:<keyed hash>] to correlate them without "
+           "seeing them (key: OTEL_FLASK_METRICS_CONSUMER_HASH_KEY).", "true"),
+    Option("capture_bodies", _parse_bool, "bool",
+           "Record JSON, form and text request/response bodies on the server span "
+           "(redacted, capped, never buffered).", "true"),
+    Option("capture_body_max_bytes", _parse_positive_int, "int",
+           "At most this many bytes of each captured body.", "2048"),
+    Option("skip_callback", _parse_callback, "package.module:function",
+           "Called with the Flask request; when it returns true the request is still "
+           "counted, but its details (consumer, query, client, captures) are not recorded.",
+           "myapp.privacy:opted_out"),
+    Option("allowed_hosts", _parse_optional_list, "list",
+           "Only requests whose Host is listed are recorded (`*.example.com` matches "
+           "subdomains).", "api.example.com,*.example.org"),
 )
 
 OPTIONS_BY_VARIABLE: dict[str, Option[Any]] = {o.variable: o for o in OPTIONS}

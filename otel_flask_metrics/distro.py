@@ -30,7 +30,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
-from .redaction import RedactingSpanProcessor, Redactor
+from .consumers import DEFAULT_HASH_KEY
+from .redaction import RedactingLogRecordProcessor, RedactingSpanProcessor, RedactionRules, Redactor
 from .version import __version__
 
 _logger = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def configure(environ: Mapping[str, str] | None = None, **options: Any) -> Provi
     resource = _setup_resource(settings)
     tracer_provider = _setup_tracing(resource, settings, env, problems)
     meter_provider = _setup_metrics(resource, env, problems)
+    _setup_logging(resource, settings, env, problems)
     report_problems(problems)  # deduplicated: a bad protocol is one line
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
@@ -166,7 +168,7 @@ def _setup_tracing(
     # The sampler (OTEL_TRACES_SAMPLER), span limits and batch sizes
     # (OTEL_BSP_*) are read by the SDK itself.
     provider = TracerProvider(resource=resource)
-    redactor = Redactor()
+    redactor = build_redactor(settings)
     for exporter in _load_exporters("traces", env, problems):
         processor: SpanProcessor = BatchSpanProcessor(exporter)
         # Redaction wraps each export processor: nothing reaches an exporter
@@ -186,6 +188,47 @@ def _setup_metrics(
             # OTEL_METRIC_EXPORT_INTERVAL / _TIMEOUT are read by the reader.
             readers.append(PeriodicExportingMetricReader(exporter))
     return MeterProvider(resource=resource, metric_readers=readers, views=metric_views())
+
+
+def build_redactor(settings: Settings) -> Redactor:
+    """The redaction rules of the settings: defaults extended unless replaced."""
+    hash_key = None
+    if settings.redact_hash:
+        key = settings.consumer_hash_key
+        hash_key = key.encode() if key else DEFAULT_HASH_KEY
+    return Redactor(
+        RedactionRules.build(
+            extra_keys=settings.redact_keys,
+            replace_keys=settings.redact_keys_replace,
+            extra_patterns=settings.redact_patterns,
+            replace_patterns=settings.redact_patterns_replace,
+            allowed_keys=settings.redact_allowed_keys,
+            marker=settings.redact_marker,
+            hash_key=hash_key,
+        )
+    )
+
+
+def _setup_logging(
+    resource: Resource, settings: Settings, env: Mapping[str, str], problems: list[ConfigProblem]
+) -> None:
+    # Logs are exported only when OTEL_LOGS_EXPORTER names an exporter; then
+    # the root logger's records go through redaction like spans do.
+    exporters = _load_exporters("logs", env, problems)
+    if not exporters:
+        return
+    from opentelemetry._logs import set_logger_provider
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    provider = LoggerProvider(resource=resource)
+    redactor = build_redactor(settings)
+    for exporter in exporters:
+        provider.add_log_record_processor(
+            RedactingLogRecordProcessor(BatchLogRecordProcessor(exporter), redactor)
+        )
+    set_logger_provider(provider)
+    logging.getLogger().addHandler(LoggingHandler(logger_provider=provider))
 
 
 def metric_views() -> list[View]:

@@ -54,6 +54,7 @@ from opentelemetry.semconv.attributes import (
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider, get_tracer
 from opentelemetry.util.http import get_excluded_urls
 
+from .capture import REQUEST_BODY, RESPONSE_BODY, BodyPrefix, Capture, CapturingInput, decode, is_textual
 from .config import Settings, report_problems, resolve_settings
 from .consumers import Consumer, ConsumerLabelLimiter, ConsumerResolver
 from .metrics import HttpServerInstruments
@@ -178,6 +179,8 @@ class _AppState:
         self.group_labels = ConsumerLabelLimiter(settings.max_consumers)
         # OTEL_PYTHON_FLASK_EXCLUDED_URLS, or OTEL_PYTHON_EXCLUDED_URLS.
         self.excluded_urls = get_excluded_urls("FLASK")
+        self.capture = Capture(settings)
+        self.allowed_hosts = _host_matcher(settings.allowed_hosts)
         if settings.parse_user_agent:
             user_agent.warm_up()
 
@@ -190,9 +193,13 @@ class _AppState:
             rule = request.url_rule
             if rule is not None:
                 record.route = rule.rule
-            record.consumer = self.consumers.resolve(request)
             if exc is not None:
                 record.exception = exc
+            skip = self.settings.skip_callback
+            if skip is not None and _asks_to_skip(skip, request):
+                record.private = True
+                return
+            record.consumer = self.consumers.resolve(request)
         except Exception:
             _logger.debug("otel-flask-metrics: teardown failed", exc_info=True)
 
@@ -204,19 +211,30 @@ class _RequestRecord:
     """What one request has told us so far."""
 
     __slots__ = (
-        "consumer", "exception", "finished", "input", "method", "request_size",
-        "response_headers", "response_size", "route", "scheme", "span", "start", "state",
-        "status",
+        "consumer", "environ", "exception", "finished", "input", "method", "private",
+        "request_body", "request_size", "response_body", "response_headers", "response_size",
+        "route", "scheme", "span", "start", "state", "status",
     )
 
-    def __init__(self, state: _AppState, span: trace.Span, method: str, scheme: str) -> None:
+    def __init__(
+        self,
+        state: _AppState,
+        environ: WSGIEnvironment,
+        span: trace.Span,
+        method: str,
+        scheme: str,
+    ) -> None:
         self.state = state
+        self.environ = environ
         self.span = span
         self.method = method
         self.scheme = scheme
         self.start = default_timer()
         self.request_size: int | None = None
-        self.input: _CountingInput | None = None
+        self.input: CapturingInput | None = None
+        self.request_body: BodyPrefix | None = None
+        self.response_body: BodyPrefix | None = None
+        self.private = False
         self.response_size = 0
         self.status: str | None = None
         self.response_headers: list[tuple[str, str]] | None = None
@@ -270,6 +288,8 @@ class _RequestRecord:
                 span_attributes = dict(attributes)
                 span_attributes[HTTP_REQUEST_BODY_SIZE] = request_size
                 span_attributes[HTTP_RESPONSE_BODY_SIZE] = self.response_size
+                if not self.private:
+                    self._add_details(span_attributes)
                 consumer = self.consumer
                 if consumer is not None:
                     span_attributes[API_CONSUMER_ID] = consumer.id
@@ -289,6 +309,23 @@ class _RequestRecord:
                     span.set_status(Status(StatusCode.ERROR, error_type))
         finally:
             span.end()
+
+    def _add_details(self, span_attributes: dict[str, Any]) -> None:
+        """What a recorded span says of the request beyond its metrics.
+
+        Computed at the end, only for recorded spans, and left out for a
+        request the skip callback opted out.
+        """
+        state = self.state
+        span_attributes.update(_request_attributes(state.settings, self.environ, self.method))
+        capture = state.capture
+        if capture.headers:
+            span_attributes.update(capture.request_headers(self.environ))
+            span_attributes.update(capture.response_headers(self.response_headers))
+        if self.request_body is not None and self.request_body.data:
+            span_attributes[REQUEST_BODY] = decode(self.request_body.data)
+        if self.response_body is not None and self.response_body.data:
+            span_attributes[RESPONSE_BODY] = decode(self.response_body.data)
 
 
 class _Middleware:
@@ -314,6 +351,9 @@ class _Middleware:
         ) -> Any:
             record.status = status
             record.response_headers = headers
+            limit = self._state.capture.body_limit
+            if limit and record.span.is_recording() and is_textual(_header(headers, "content-type")):
+                record.response_body = BodyPrefix(limit)
             return start_response(status, headers, exc_info)
 
         token = context.attach(trace.set_span_in_context(record.span))
@@ -334,6 +374,8 @@ class _Middleware:
 def _begin(state: _AppState, environ: WSGIEnvironment) -> _RequestRecord | None:
     if state.excluded_urls.url_disabled(environ.get("PATH_INFO") or "/"):
         return None
+    if state.allowed_hosts is not None and not state.allowed_hosts(environ):
+        return None
     method = environ.get("REQUEST_METHOD", "GET")
     if method not in _KNOWN_METHODS:
         method = "_OTHER"
@@ -347,20 +389,22 @@ def _begin(state: _AppState, environ: WSGIEnvironment) -> _RequestRecord | None:
         kind=SpanKind.SERVER,
         attributes={_METHOD: method, _SCHEME: scheme, _PATH: environ.get("PATH_INFO") or "/"},
     )
-    if span.is_recording():
-        span.set_attributes(_request_attributes(state.settings, environ, method))
-    record = _RequestRecord(state, span, method, scheme)
+    record = _RequestRecord(state, environ, span, method, scheme)
     length = environ.get("CONTENT_LENGTH")
     if length:
         try:
             record.request_size = int(length)
         except ValueError:
             pass
-    if record.request_size is None:
-        # A chunked body (or one with no valid Content-Length): count it as read.
+    limit = state.capture.body_limit
+    if limit and span.is_recording() and is_textual(environ.get("CONTENT_TYPE")):
+        record.request_body = BodyPrefix(limit)
+    if record.request_size is None or record.request_body is not None:
+        # A chunked body (or one with no valid Content-Length) is counted as
+        # the app reads it; a captured one is kept as it is read.
         stream = environ.get("wsgi.input")
         if stream is not None:
-            record.input = _CountingInput(stream)
+            record.input = CapturingInput(stream, record.request_body)
             environ["wsgi.input"] = record.input
     environ[_ENVIRON_KEY] = record
     state.instruments.active_requests.add(1, {_METHOD: method, _SCHEME: scheme})
@@ -412,39 +456,6 @@ def _split_host(host: str) -> tuple[str, int | None]:
     return host, None
 
 
-class _CountingInput:
-    """``wsgi.input`` that counts the bytes the app reads."""
-
-    __slots__ = ("_stream", "count")
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self.count = 0
-
-    def read(self, *args: Any) -> bytes:
-        data: bytes = self._stream.read(*args)
-        self.count += len(data)
-        return data
-
-    def readline(self, *args: Any) -> bytes:
-        data: bytes = self._stream.readline(*args)
-        self.count += len(data)
-        return data
-
-    def readlines(self, *args: Any) -> list[bytes]:
-        lines: list[bytes] = self._stream.readlines(*args)
-        self.count += sum(len(line) for line in lines)
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self._stream:
-            self.count += len(line)
-            yield line
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
 class _ResponseBody:
     """The response iterable: counts bytes as the server takes them, ends on close.
 
@@ -460,9 +471,12 @@ class _ResponseBody:
 
     def __iter__(self) -> Iterator[bytes]:
         record = self._record
+        prefix = record.response_body
         for chunk in self._body:
             yield chunk
             record.response_size += len(chunk)
+            if prefix is not None:
+                prefix.add(chunk)
 
     def close(self) -> None:
         try:
@@ -478,6 +492,29 @@ def _finish_safely(record: _RequestRecord) -> None:
         record.finish()
     except Exception:
         _logger.debug("otel-flask-metrics: could not finish the request", exc_info=True)
+
+
+def _asks_to_skip(skip: Any, req: Any) -> bool:
+    try:
+        return bool(skip(req))
+    except Exception:
+        _logger.debug("the skip callback raised; recording the request", exc_info=True)
+        return False
+
+
+def _host_matcher(hosts: tuple[str, ...] | None) -> Any:
+    """A predicate on the environ for ReadMe's allowed hosts, or None to allow all."""
+    if not hosts:
+        return None
+    exact = {h.lower() for h in hosts if not h.startswith("*.")}
+    suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
+
+    def allowed(environ: WSGIEnvironment) -> bool:
+        host = (environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").lower()
+        name = _split_host(host)[0]
+        return name in exact or (bool(suffixes) and name.endswith(suffixes))
+
+    return allowed
 
 
 def _status_code(status: str | None) -> int:

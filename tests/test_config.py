@@ -69,7 +69,7 @@ def test_defaults_without_any_variable() -> None:
 def test_each_options_example_parses_without_problems() -> None:
     """The README/check example of every option is itself a valid value."""
     for option in OPTIONS:
-        if option.field == "consumer_callback":
+        if option.field in ("consumer_callback", "skip_callback"):
             continue  # its example names the user's module, which does not exist here
         _, problems = resolve_settings({option.variable: option.example})
         assert problems == [], option.variable
@@ -101,6 +101,17 @@ GOOD_VALUES: list[tuple[str, str, Any]] = [
     ("MAX_CONSUMERS", "1", 1),
     ("PARSE_USER_AGENT", "false", False),
     ("PARSE_USER_AGENT", "true", True),
+    ("REDACT_KEYS", "x-session, ssn ,", ("x-session", "ssn")),
+    ("REDACT_KEYS_REPLACE", "true", True),
+    ("REDACT_PATTERNS", '["ref-[0-9]{6}", "a,b"]', ("ref-[0-9]{6}", "a,b")),
+    ("REDACT_PATTERNS_REPLACE", "false", False),
+    ("REDACT_ALLOWED_KEYS", "id,name", ("id", "name")),
+    ("REDACT_MARKER", " *** ", "***"),
+    ("REDACT_HASH", "true", True),
+    ("CAPTURE_BODIES", "true", True),
+    ("CAPTURE_BODY_MAX_BYTES", "2048", 2048),
+    ("SKIP_CALLBACK", "tests.test_config:identify_consumer", identify_consumer),
+    ("ALLOWED_HOSTS", "api.example.com,*.example.org", ("api.example.com", "*.example.org")),
 ]
 
 
@@ -139,6 +150,14 @@ BAD_VALUES: list[tuple[str, str, str]] = [
     ("MAX_CONSUMERS", "0", "positive integer"),
     ("MAX_CONSUMERS", "lots", "positive integer"),
     ("PARSE_USER_AGENT", "nope", "true or false"),
+    ("REDACT_KEYS_REPLACE", "y", "true or false"),
+    ("REDACT_PATTERNS", "ref-[0-9]{6}", "JSON array of regexes"),
+    ("REDACT_PATTERNS", '["(unclosed"]', "valid regexes"),
+    ("REDACT_PATTERNS_REPLACE", "n", "true or false"),
+    ("REDACT_HASH", "sure", "true or false"),
+    ("CAPTURE_BODIES", "on", "true or false"),
+    ("CAPTURE_BODY_MAX_BYTES", "4k", "positive integer"),
+    ("SKIP_CALLBACK", "nocolon", "package.module:function"),
 ]
 
 
@@ -165,8 +184,9 @@ def test_bad_value_gives_default_and_one_problem(suffix: str, raw: str, accepted
 
 
 def test_bad_values_cover_every_option_that_can_be_wrong() -> None:
-    # environment and consumer_hash_key accept any text.
-    can_be_wrong = {o.variable for o in OPTIONS if o.parse is not config._parse_text}
+    # Free text and lists accept anything; an empty marker counts as unset.
+    always_valid = (config._parse_text, config._parse_list, config._parse_optional_list, config._parse_marker)
+    can_be_wrong = {o.variable for o in OPTIONS if o.parse not in always_valid}
     assert {PREFIX + suffix for suffix, _, _ in BAD_VALUES} == can_be_wrong
 
 
