@@ -8,6 +8,7 @@ are identified by the X-API-Key header (OTEL_FLASK_METRICS_CONSUMER_HEADER), by
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 from flask import Flask, Response, abort, g, request
@@ -69,6 +70,13 @@ def stream() -> Response:
             yield b"x" * STREAM_CHUNK_SIZE
 
     return Response(chunks(), mimetype="application/octet-stream")
+
+
+@app.get("/slow")
+def slow() -> dict[str, str]:
+    # Long enough that concurrent requests need both pre-fork workers.
+    time.sleep(0.3)
+    return {"status": "done"}
 
 
 @app.get("/fail")
