@@ -47,8 +47,12 @@ HASH_KEY = "stack-test-hash-key"
 API_KEY = "ik_live_4f9a8b7c6d5e4f3a2b1c"  # initech's credential: must never be stored
 BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhY21lIn0.c2lnbmF0dXJlLXNlY3JldA"
 QUERY_TOKEN = "qtok-7f3e2d1c0b9a8f7e"
-SECRETS = (API_KEY, BEARER.split()[1], QUERY_TOKEN)
-ITEM = {"name": "widget", "tags": ["a", "b"], "price": 12.5}
+PASSWORD = "pw-Correct-Horse-42"
+CARD = "4111 1111 1111 1111"
+EMAIL = "jane.doe@customer.example"
+SECRETS = (API_KEY, BEARER.split()[1], QUERY_TOKEN, PASSWORD, CARD, EMAIL)
+ITEM = {"name": "widget", "tags": ["a", "b"], "price": 12.5,
+        "owner": {"password": PASSWORD, "card": CARD, "contact": EMAIL}}
 ITEM_BYTES = len(json.dumps(ITEM).encode())
 INVALID_BODY = b"this is not json"
 INITECH = pseudonymize(API_KEY, HASH_KEY.encode())
@@ -83,7 +87,7 @@ def known_mix() -> list[Request]:
     globex = {"X-Customer": "globex"}
     initech = {"X-API-Key": API_KEY}
     mix: list[Request] = [("GET", f"/items/{i}", acme, 200, {}) for i in range(1, 6)]
-    mix.append(("GET", f"/items/2?access_token={QUERY_TOKEN}&page=2", acme, 200, {}))
+    mix.append(("GET", f"/items/2?access_token={QUERY_TOKEN}&page=2&email={EMAIL}", acme, 200, {}))
     mix += [("POST", "/items", acme, 201, {"json": ITEM})] * 3
     mix.append(("GET", "/fail", acme, 500, {}))
     mix += [("GET", "/stream", globex, 200, {})] * 2
@@ -126,6 +130,11 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
                     "OTEL_FLASK_METRICS_CONSUMER_HEADER": "X-API-Key",
                     "OTEL_FLASK_METRICS_CONSUMER_HASH_KEY": HASH_KEY,
                     "OTEL_PYTHON_FLASK_EXCLUDED_URLS": "/health",
+                    # Capture everything a debugging team would turn on: the
+                    # redaction must still keep every secret out.
+                    "OTEL_FLASK_METRICS_CAPTURE_BODIES": "true",
+                    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": ".*",
+                    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE": ".*",
                 },
             ),
             ready_timeout=60,
@@ -292,6 +301,11 @@ def test_traces_arrived_with_consumer_attributes(running: RunningStack) -> None:
     assert all(s["attrs"]["api.consumer.group"] == "enterprise" for s in acme)
     with_query = [s for s in acme if "url.query" in s["attrs"]]
     assert len(with_query) == 1 and "page=2" in with_query[0]["attrs"]["url.query"]
+    # Captured bodies arrived, redacted but still useful.
+    posted = [s for s in acme if s["attrs"].get("http.route") == "/items" and "http.request.body.content" in s["attrs"]]
+    assert len(posted) == 3
+    body = json.loads(posted[0]["attrs"]["http.request.body.content"])
+    assert body["name"] == "widget" and body["owner"]["password"] != PASSWORD
 
 
 # --- every dashboard query against this Prometheus ---------------------------
