@@ -58,8 +58,12 @@ class Capture:
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.body_limit = settings.capture_body_max_bytes if settings.capture_bodies else 0
-        self._request = _compile(_names(env, OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST))
-        self._response = _compile(_names(env, OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE))
+        self._request = _compile(
+            _names(env, OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST)
+        )
+        self._response = _compile(
+            _names(env, OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE)
+        )
         self._sanitize = SanitizeValue(
             _names(env, OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS)
         )

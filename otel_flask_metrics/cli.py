@@ -64,14 +64,20 @@ def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> 
                 shutdown()
     problems.extend(_distro_conflicts(environ))
     problems = list(dict.fromkeys(problems))  # one protocol problem, not one per signal
-    if not settings.consumer_hash_key and settings.consumer_header and not settings.consumer_header_raw:
+    if (
+        not settings.consumer_hash_key
+        and settings.consumer_header
+        and not settings.consumer_header_raw
+    ):
         print(
             "note: OTEL_FLASK_METRICS_CONSUMER_HASH_KEY is not set; consumer pseudonyms use "
             "a public key"
         )
 
     endpoint_ok = True
-    if "otlp" in env.get("OTEL_METRICS_EXPORTER", "") or "otlp" in env.get("OTEL_TRACES_EXPORTER", ""):
+    if "otlp" in env.get("OTEL_METRICS_EXPORTER", "") or "otlp" in env.get(
+        "OTEL_TRACES_EXPORTER", ""
+    ):
         endpoint_ok = _print_endpoint_status(env)
 
     if problems:
@@ -87,7 +93,9 @@ def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> 
 
 def _distro_conflicts(environ: Mapping[str, str]) -> list[ConfigProblem]:
     """Another distro installed beside ours is picked in an undefined order."""
-    others = sorted(ep.name for ep in entry_points(group="opentelemetry_distro") if ep.name != DISTRO_NAME)
+    others = sorted(
+        ep.name for ep in entry_points(group="opentelemetry_distro") if ep.name != DISTRO_NAME
+    )
     chosen = environ.get("OTEL_PYTHON_DISTRO")
     if others and chosen != DISTRO_NAME:
         return [

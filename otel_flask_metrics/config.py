@@ -209,62 +209,154 @@ class Option(Generic[T]):
 
 
 OPTIONS: tuple[Option[Any], ...] = (
-    Option("disabled", _parse_bool, "bool",
-           "Turn otel-flask-metrics off entirely (no spans, no metrics, no hooks).", "true"),
-    Option("environment", _parse_text, "string",
-           "Sets deployment.environment.name on the resource unless OTEL_RESOURCE_ATTRIBUTES "
-           "already does.", "production"),
-    Option("consumer_header", _parse_header_name, "header name",
-           "Request header whose value identifies the API consumer (pseudonymised).",
-           "X-API-Key"),
-    Option("consumer_header_raw", _parse_bool, "bool",
-           "Export the consumer header's value as-is instead of a keyed hash. Only for "
-           "headers that carry no secret (e.g. X-Client-Name).", "false"),
-    Option("consumer_hash_key", _parse_text, "string (secret)",
-           "Key of the HMAC that pseudonymises consumer credentials and redacted values. "
-           "Set it in production: without it, pseudonyms use a public key.",
-           "a-long-random-string", secret=True),
-    Option("consumer_callback", _parse_callback, "package.module:function",
-           "Called with the Flask request after the view ran; returns None, an id, or "
-           "a mapping with id/name/group.", "myapp.auth:identify_consumer"),
-    Option("consumer_id_max_length", _parse_positive_int, "int",
-           "Consumer ids, names and groups are trimmed to this many characters.", "64"),
-    Option("max_consumers", _parse_positive_int, "int",
-           "Distinct consumer ids kept as metric labels per process; later ones are "
-           "folded into the overflow value `_other` (spans keep the real id).", "5000"),
-    Option("parse_user_agent", _parse_bool, "bool",
-           "Add user_agent.name and user_agent.os.name (parsed, low-cardinality) to "
-           "sampled server spans.", "false"),
-    Option("redact_keys", _parse_list, "list",
-           "More keys (headers, query/form fields, JSON keys, attributes) whose values "
-           "are redacted, added to the defaults.", "x-session,ssn"),
-    Option("redact_keys_replace", _parse_bool, "bool",
-           "Use only OTEL_FLASK_METRICS_REDACT_KEYS, not the default keys.", "false"),
-    Option("redact_patterns", _parse_patterns, "JSON array of regexes",
-           "More value patterns redacted wherever they appear, added to the defaults.",
-           '["ref-[0-9]{6}"]'),
-    Option("redact_patterns_replace", _parse_bool, "bool",
-           "Use only OTEL_FLASK_METRICS_REDACT_PATTERNS, not the default patterns.", "false"),
-    Option("redact_allowed_keys", _parse_optional_list, "list",
-           "If set, captured headers, query and form fields and JSON keys not listed are "
-           "redacted too (denied keys always are).", "id,name,status"),
-    Option("redact_marker", _parse_marker, "string",
-           "What a redacted value is replaced with.", "***"),
-    Option("redact_hash", _parse_bool, "bool",
-           "Replace redacted values by [REDACTED:<keyed hash>] to correlate them without "
-           "seeing them (key: OTEL_FLASK_METRICS_CONSUMER_HASH_KEY).", "true"),
-    Option("capture_bodies", _parse_bool, "bool",
-           "Record JSON, form and text request/response bodies on the server span "
-           "(redacted, capped, never buffered).", "true"),
-    Option("capture_body_max_bytes", _parse_positive_int, "int",
-           "At most this many bytes of each captured body.", "2048"),
-    Option("skip_callback", _parse_callback, "package.module:function",
-           "Called with the Flask request; when it returns true the request is still "
-           "counted, but its details (consumer, query, client, captures) are not recorded.",
-           "myapp.privacy:opted_out"),
-    Option("allowed_hosts", _parse_optional_list, "list",
-           "Only requests whose Host is listed are recorded (`*.example.com` matches "
-           "subdomains).", "api.example.com,*.example.org"),
+    Option(
+        "disabled",
+        _parse_bool,
+        "bool",
+        "Turn otel-flask-metrics off entirely (no spans, no metrics, no hooks).",
+        "true",
+    ),
+    Option(
+        "environment",
+        _parse_text,
+        "string",
+        "Sets deployment.environment.name on the resource unless OTEL_RESOURCE_ATTRIBUTES "
+        "already does.",
+        "production",
+    ),
+    Option(
+        "consumer_header",
+        _parse_header_name,
+        "header name",
+        "Request header whose value identifies the API consumer (pseudonymised).",
+        "X-API-Key",
+    ),
+    Option(
+        "consumer_header_raw",
+        _parse_bool,
+        "bool",
+        "Export the consumer header's value as-is instead of a keyed hash. Only for "
+        "headers that carry no secret (e.g. X-Client-Name).",
+        "false",
+    ),
+    Option(
+        "consumer_hash_key",
+        _parse_text,
+        "string (secret)",
+        "Key of the HMAC that pseudonymises consumer credentials and redacted values. "
+        "Set it in production: without it, pseudonyms use a public key.",
+        "a-long-random-string",
+        secret=True,
+    ),
+    Option(
+        "consumer_callback",
+        _parse_callback,
+        "package.module:function",
+        "Called with the Flask request after the view ran; returns None, an id, or "
+        "a mapping with id/name/group.",
+        "myapp.auth:identify_consumer",
+    ),
+    Option(
+        "consumer_id_max_length",
+        _parse_positive_int,
+        "int",
+        "Consumer ids, names and groups are trimmed to this many characters.",
+        "64",
+    ),
+    Option(
+        "max_consumers",
+        _parse_positive_int,
+        "int",
+        "Distinct consumer ids kept as metric labels per process; later ones are "
+        "folded into the overflow value `_other` (spans keep the real id).",
+        "5000",
+    ),
+    Option(
+        "parse_user_agent",
+        _parse_bool,
+        "bool",
+        "Add user_agent.name and user_agent.os.name (parsed, low-cardinality) to "
+        "sampled server spans.",
+        "false",
+    ),
+    Option(
+        "redact_keys",
+        _parse_list,
+        "list",
+        "More keys (headers, query/form fields, JSON keys, attributes) whose values "
+        "are redacted, added to the defaults.",
+        "x-session,ssn",
+    ),
+    Option(
+        "redact_keys_replace",
+        _parse_bool,
+        "bool",
+        "Use only OTEL_FLASK_METRICS_REDACT_KEYS, not the default keys.",
+        "false",
+    ),
+    Option(
+        "redact_patterns",
+        _parse_patterns,
+        "JSON array of regexes",
+        "More value patterns redacted wherever they appear, added to the defaults.",
+        '["ref-[0-9]{6}"]',
+    ),
+    Option(
+        "redact_patterns_replace",
+        _parse_bool,
+        "bool",
+        "Use only OTEL_FLASK_METRICS_REDACT_PATTERNS, not the default patterns.",
+        "false",
+    ),
+    Option(
+        "redact_allowed_keys",
+        _parse_optional_list,
+        "list",
+        "If set, captured headers, query and form fields and JSON keys not listed are "
+        "redacted too (denied keys always are).",
+        "id,name,status",
+    ),
+    Option(
+        "redact_marker", _parse_marker, "string", "What a redacted value is replaced with.", "***"
+    ),
+    Option(
+        "redact_hash",
+        _parse_bool,
+        "bool",
+        "Replace redacted values by [REDACTED:<keyed hash>] to correlate them without "
+        "seeing them (key: OTEL_FLASK_METRICS_CONSUMER_HASH_KEY).",
+        "true",
+    ),
+    Option(
+        "capture_bodies",
+        _parse_bool,
+        "bool",
+        "Record JSON, form and text request/response bodies on the server span "
+        "(redacted, capped, never buffered).",
+        "true",
+    ),
+    Option(
+        "capture_body_max_bytes",
+        _parse_positive_int,
+        "int",
+        "At most this many bytes of each captured body.",
+        "2048",
+    ),
+    Option(
+        "skip_callback",
+        _parse_callback,
+        "package.module:function",
+        "Called with the Flask request; when it returns true the request is still "
+        "counted, but its details (consumer, query, client, captures) are not recorded.",
+        "myapp.privacy:opted_out",
+    ),
+    Option(
+        "allowed_hosts",
+        _parse_optional_list,
+        "list",
+        "Only requests whose Host is listed are recorded (`*.example.com` matches subdomains).",
+        "api.example.com,*.example.org",
+    ),
 )
 
 OPTIONS_BY_VARIABLE: dict[str, Option[Any]] = {o.variable: o for o in OPTIONS}

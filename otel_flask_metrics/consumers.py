@@ -41,6 +41,8 @@ OVERFLOW_CONSUMER_ID = "_other"
 DEFAULT_HASH_KEY = b"otel-flask-metrics/default-consumer-key"
 
 # C0 and C1 control characters (Unicode category Cc).
+_PSEUDONYM_CACHE_SIZE = 4096  # entries
+
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
@@ -80,6 +82,9 @@ class ConsumerResolver:
         self._header_raw = settings.consumer_header_raw
         key = settings.consumer_hash_key
         self._hash_key = key.encode() if key else DEFAULT_HASH_KEY
+        # Credentials repeat on every request of a consumer: an HMAC per
+        # request is avoidable. Bounded, and emptied when full.
+        self._pseudonyms: dict[str, str] = {}
 
     def resolve(self, request: Any, *, use_callback: bool = True) -> Consumer | None:
         """The consumer of ``request``, or None when nothing identifies one.
@@ -108,7 +113,13 @@ class ConsumerResolver:
         return None
 
     def pseudonym(self, credential: str) -> str:
-        return pseudonymize(credential, self._hash_key)
+        cached = self._pseudonyms.get(credential)
+        if cached is None:
+            cached = pseudonymize(credential, self._hash_key)
+            if len(self._pseudonyms) >= _PSEUDONYM_CACHE_SIZE:
+                self._pseudonyms.clear()
+            self._pseudonyms[credential] = cached
+        return cached
 
     def _from_credential(self, value: str) -> Consumer | None:
         if self._header_raw:

@@ -54,11 +54,19 @@ from opentelemetry.semconv.attributes import (
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider, get_tracer
 from opentelemetry.util.http import get_excluded_urls
 
-from .capture import REQUEST_BODY, RESPONSE_BODY, BodyPrefix, Capture, CapturingInput, decode, is_textual
+from . import user_agent
+from .capture import (
+    REQUEST_BODY,
+    RESPONSE_BODY,
+    BodyPrefix,
+    Capture,
+    CapturingInput,
+    decode,
+    is_textual,
+)
 from .config import Settings, report_problems, resolve_settings
 from .consumers import Consumer, ConsumerLabelLimiter, ConsumerResolver
 from .metrics import HttpServerInstruments
-from . import user_agent
 from .user_agent import parse_user_agent
 from .version import __version__
 
@@ -168,9 +176,7 @@ class _AppState:
     ) -> None:
         self.settings = settings
         self.automatic = automatic
-        self.tracer = get_tracer(
-            __name__, __version__, tracer_provider, schema_url=_SCHEMA_URL
-        )
+        self.tracer = get_tracer(__name__, __version__, tracer_provider, schema_url=_SCHEMA_URL)
         meter = get_meter(__name__, __version__, meter_provider, schema_url=_SCHEMA_URL)
         self.instruments = HttpServerInstruments.create(meter)
         self.consumers = ConsumerResolver(settings)
@@ -211,9 +217,24 @@ class _RequestRecord:
     """What one request has told us so far."""
 
     __slots__ = (
-        "consumer", "environ", "exception", "finished", "input", "method", "private",
-        "request_body", "request_size", "response_body", "response_headers", "response_size",
-        "route", "scheme", "span", "start", "state", "status",
+        "consumer",
+        "environ",
+        "exception",
+        "finished",
+        "input",
+        "method",
+        "private",
+        "request_body",
+        "request_size",
+        "response_body",
+        "response_headers",
+        "response_size",
+        "route",
+        "scheme",
+        "span",
+        "start",
+        "state",
+        "status",
     )
 
     def __init__(
@@ -274,7 +295,7 @@ class _RequestRecord:
             instruments.duration.record(duration, attributes)
             instruments.request_body_size.record(request_size, attributes)
             instruments.response_body_size.record(self.response_size, attributes)
-            instruments.active_requests.add(-1, {_METHOD: self.method, _SCHEME: self.scheme})
+            instruments.active_requests.add(self.method, self.scheme, -1)
         finally:
             # Whatever happened to the metrics, the span is ended.
             self._end_span(attributes, request_size, error_type)
@@ -335,9 +356,7 @@ class _Middleware:
         self.wrapped = wrapped
         self._state = state
 
-    def __call__(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
             record = _begin(self._state, environ)
         except Exception:
@@ -352,7 +371,11 @@ class _Middleware:
             record.status = status
             record.response_headers = headers
             limit = self._state.capture.body_limit
-            if limit and record.span.is_recording() and is_textual(_header(headers, "content-type")):
+            if (
+                limit
+                and record.span.is_recording()
+                and is_textual(_header(headers, "content-type"))
+            ):
                 record.response_body = BodyPrefix(limit)
             return start_response(status, headers, exc_info)
 
@@ -407,7 +430,7 @@ def _begin(state: _AppState, environ: WSGIEnvironment) -> _RequestRecord | None:
             record.input = CapturingInput(stream, record.request_body)
             environ["wsgi.input"] = record.input
     environ[_ENVIRON_KEY] = record
-    state.instruments.active_requests.add(1, {_METHOD: method, _SCHEME: scheme})
+    state.instruments.active_requests.add(method, scheme, 1)
     return record
 
 

@@ -36,12 +36,10 @@ class FlaskMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # untyp
             meter_provider=kwargs.get("meter_provider"),
         )
 
-        def after_init(
-            wrapped: Callable[..., None], app: flask.Flask, args: Any, kw: Any
-        ) -> None:
+        def after_init(wrapped: Callable[..., None], app: flask.Flask, args: Any, kw: Any) -> None:
             wrapped(*args, **kw)
             try:
-                extension._setup(app, automatic=True)  # noqa: SLF001
+                extension._setup(app, automatic=True)
             except Exception:
                 _logger.warning("otel-flask-metrics could not instrument %r", app, exc_info=True)
 

@@ -8,25 +8,53 @@ distro really emits, instead of against a second hand-kept list.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Literal
 
-from opentelemetry.metrics import Histogram, Meter, UpDownCounter
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 from opentelemetry.semconv._incubating.metrics import http_metrics as incubating_http
 from opentelemetry.semconv.metrics import http_metrics
 
 # Seconds: the bucket boundaries the HTTP semantic conventions advise for
 # http.server.request.duration.
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
 )
 # Bytes: powers of four from 64 B to 16 MiB, so a p95 of a JSON API's payloads
 # (usually 100 B to 100 KiB) falls between buckets at most 4x apart.
 BODY_SIZE_BUCKETS: tuple[float, ...] = (
-    0, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216,
+    0,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
 )
 
 InstrumentKind = Literal["histogram", "updowncounter"]
+
+_METHOD = "http.request.method"
+_SCHEME = "url.scheme"
 
 
 @dataclass(frozen=True)
@@ -58,7 +86,7 @@ REQUEST_DURATION = InstrumentSpec(
     name=http_metrics.HTTP_SERVER_REQUEST_DURATION,
     unit="s",
     kind="histogram",
-    description="Duration of HTTP server requests, until the last body byte was handed to the server.",
+    description="Duration of HTTP server requests, until the last body byte is handed over.",
     buckets=DURATION_BUCKETS,
 )
 REQUEST_BODY_SIZE = InstrumentSpec(
@@ -105,6 +133,32 @@ def prometheus_series_names() -> frozenset[str]:
     return frozenset(names)
 
 
+class ActiveRequests:
+    """Requests in flight per method and scheme, observed at collection time.
+
+    An observable instrument instead of an up-down counter: two SDK
+    measurements per request (``add(1)``, ``add(-1)``) become two integer
+    updates, and the SDK reads the totals once per export.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, method: str, scheme: str, delta: int) -> None:
+        key = (method, scheme)
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + delta
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            counts = list(self._counts.items())
+        return [
+            Observation(value, {_METHOD: method, _SCHEME: scheme})
+            for (method, scheme), value in counts
+        ]
+
+
 @dataclass(frozen=True)
 class HttpServerInstruments:
     """The instruments of one meter, created once and shared by every request."""
@@ -112,7 +166,7 @@ class HttpServerInstruments:
     duration: Histogram
     request_body_size: Histogram
     response_body_size: Histogram
-    active_requests: UpDownCounter
+    active_requests: ActiveRequests = field(default_factory=ActiveRequests)
 
     @classmethod
     def create(cls, meter: Meter) -> HttpServerInstruments:
@@ -124,13 +178,16 @@ class HttpServerInstruments:
                 explicit_bucket_boundaries_advisory=list(spec.buckets),
             )
 
+        active = ActiveRequests()
+        meter.create_observable_up_down_counter(
+            ACTIVE_REQUESTS.name,
+            callbacks=[active.observe],
+            unit=ACTIVE_REQUESTS.unit,
+            description=ACTIVE_REQUESTS.description,
+        )
         return cls(
             duration=histogram(REQUEST_DURATION),
             request_body_size=histogram(REQUEST_BODY_SIZE),
             response_body_size=histogram(RESPONSE_BODY_SIZE),
-            active_requests=meter.create_up_down_counter(
-                ACTIVE_REQUESTS.name,
-                unit=ACTIVE_REQUESTS.unit,
-                description=ACTIVE_REQUESTS.description,
-            ),
+            active_requests=active,
         )

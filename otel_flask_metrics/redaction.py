@@ -52,6 +52,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LogRecordProcessor, ReadWriteLogRecord
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.status import Status
@@ -122,8 +123,7 @@ def _ci(word: str) -> str:
     ``re.IGNORECASE``: ``re`` then keeps its fast first-character scan, which
     made the ``key=value`` pattern about 2.5 times faster.
     """
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else c
-                   for c in word)
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else c for c in word)
 
 
 #: Value patterns, tried in this order; an earlier match wins over an
@@ -502,8 +502,10 @@ class Redactor:
             for m in pattern.finditer(s):
                 start, end = m.span()
                 at = bisect.bisect_right(starts, start)
-                if start == end or (at and ends[at - 1] > start) or (
-                    at < len(starts) and starts[at] < end
+                if (
+                    start == end
+                    or (at and ends[at - 1] > start)
+                    or (at < len(starts) and starts[at] < end)
                 ):
                     continue
                 group = m.groupdict()
@@ -732,9 +734,7 @@ class Redactor:
         result = self._text(masked)
         return text if result == text else result
 
-    def _walk(
-        self, obj: Any, kept: bool, depth: int, *, use_allowlist: bool
-    ) -> tuple[Any, bool]:
+    def _walk(self, obj: Any, kept: bool, depth: int, *, use_allowlist: bool) -> tuple[Any, bool]:
         """Walk parsed JSON; ``kept`` says an enclosing key is allowed (or
         there is no allowlist in force). Returns the new object and whether
         anything changed."""
@@ -892,73 +892,117 @@ class RedactingSpanProcessor(SpanProcessor):
         self._processor.on_end(redacted)
 
     def redact_span(self, span: ReadableSpan) -> ReadableSpan:
-        """Return ``span`` itself if nothing needs masking, else a redacted copy.
-
-        :raises Exception: whatever fails; :meth:`on_end` turns that into a drop.
-        """
-        r = self._redactor
-        changed = False
-        attributes: Any = span.attributes
-        new_attrs = r.redact_attributes(attributes)
-        if new_attrs is not None:
-            attributes = _bounded(new_attrs, span.dropped_attributes)
-            changed = True
-
-        new_events: list[Event] = []
-        events_changed = False
-        for event in span.events:
-            ev_attrs = r.redact_attributes(event.attributes)
-            if ev_attrs is None:
-                new_events.append(event)
-            else:
-                events_changed = True
-                new_events.append(
-                    Event(event.name, _bounded(ev_attrs, event.dropped_attributes), event.timestamp)
-                )
-        changed = changed or events_changed
-
-        new_links: list[trace_api.Link] = []
-        links_changed = False
-        for link in span.links:
-            ln_attrs = r.redact_attributes(link.attributes)
-            if ln_attrs is None:
-                new_links.append(link)
-            else:
-                links_changed = True
-                new_links.append(
-                    trace_api.Link(link.context, _bounded(ln_attrs, link.dropped_attributes))
-                )
-        changed = changed or links_changed
-
-        status = span.status
-        if status.description:
-            description = r.redact_text(status.description)
-            if description is not status.description:
-                status = Status(status.status_code, description)
-                changed = True
-
-        if not changed:
-            return span
-        return ReadableSpan(
-            name=span.name,
-            context=span.get_span_context(),
-            parent=span.parent,
-            resource=span.resource,
-            attributes=attributes,
-            events=_bounded_list(new_events, span.dropped_events),
-            links=_bounded_list(new_links, span.dropped_links),
-            kind=span.kind,
-            status=status,
-            start_time=span.start_time,
-            end_time=span.end_time,
-            instrumentation_scope=span.instrumentation_scope,
-        )
+        """Return ``span`` itself if nothing needs masking, else a redacted copy."""
+        return redact_span(span, self._redactor)
 
     def shutdown(self) -> None:
         self._processor.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._processor.force_flush(timeout_millis)
+
+
+def redact_span(span: ReadableSpan, r: Redactor) -> ReadableSpan:
+    """Return ``span`` itself if nothing needs masking, else a redacted copy.
+
+    :raises Exception: whatever fails; callers turn that into a drop.
+    """
+    changed = False
+    attributes: Any = span.attributes
+    new_attrs = r.redact_attributes(attributes)
+    if new_attrs is not None:
+        attributes = _bounded(new_attrs, span.dropped_attributes)
+        changed = True
+
+    new_events: list[Event] = []
+    events_changed = False
+    for event in span.events:
+        ev_attrs = r.redact_attributes(event.attributes)
+        if ev_attrs is None:
+            new_events.append(event)
+        else:
+            events_changed = True
+            new_events.append(
+                Event(event.name, _bounded(ev_attrs, event.dropped_attributes), event.timestamp)
+            )
+    changed = changed or events_changed
+
+    new_links: list[trace_api.Link] = []
+    links_changed = False
+    for link in span.links:
+        ln_attrs = r.redact_attributes(link.attributes)
+        if ln_attrs is None:
+            new_links.append(link)
+        else:
+            links_changed = True
+            new_links.append(
+                trace_api.Link(link.context, _bounded(ln_attrs, link.dropped_attributes))
+            )
+    changed = changed or links_changed
+
+    status = span.status
+    if status.description:
+        description = r.redact_text(status.description)
+        if description is not status.description:
+            status = Status(status.status_code, description)
+            changed = True
+
+    if not changed:
+        return span
+    return ReadableSpan(
+        name=span.name,
+        context=span.get_span_context(),
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=_bounded_list(new_events, span.dropped_events),
+        links=_bounded_list(new_links, span.dropped_links),
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class RedactingSpanExporter(SpanExporter):
+    """An exporter that redacts each batch before the wrapped exporter sends it.
+
+    This is how the distro redacts: a ``BatchSpanProcessor`` calls ``export``
+    from its worker thread, so the work is done in the export path, not on
+    the request thread, and still nothing reaches the wrapped exporter
+    unredacted. A span that fails to redact is dropped (fail closed) and a
+    warning is logged once.
+    """
+
+    def __init__(self, exporter: SpanExporter, redactor: Redactor | None = None) -> None:
+        self._exporter = exporter
+        self._redactor = redactor if redactor is not None else Redactor()
+
+    @property
+    def exporter(self) -> SpanExporter:
+        """The wrapped exporter."""
+        return self._exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        redacted: list[ReadableSpan] = []
+        for span in spans:
+            try:
+                redacted.append(redact_span(span, self._redactor))
+            except Exception:
+                _log_once(
+                    "span",
+                    logging.WARNING,
+                    "otel_flask_metrics: redacting a span failed; dropped it rather than "
+                    "export unredacted data",
+                )
+        return self._exporter.export(redacted)
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
 
 
 def _bounded_list(items: list[Any], dropped: int) -> Sequence[Any]:
@@ -986,9 +1030,7 @@ class RedactingLogRecordProcessor(LogRecordProcessor):
     :param redactor: the redactor; one with the default rules if omitted.
     """
 
-    def __init__(
-        self, processor: LogRecordProcessor, redactor: Redactor | None = None
-    ) -> None:
+    def __init__(self, processor: LogRecordProcessor, redactor: Redactor | None = None) -> None:
         self._processor = processor
         self._redactor = redactor if redactor is not None else Redactor()
 

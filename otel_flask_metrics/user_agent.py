@@ -1,20 +1,32 @@
 """Browser and OS names from a User-Agent header (Flask-Statistics' browser/platform).
 
-Parsing is done by ua-parser (the maintained uap-core rules). Real traffic
-repeats a few hundred user agents, so results are kept in a small bounded
-cache in front of it: a hit is a dict lookup, and the cache is simply emptied
-when full so a client cycling user agents cannot grow memory.
+Parsing is done by ua-parser (the maintained uap-core rules) with its pure
+Python resolver: the Rust accelerator parses faster but adds about 50 MiB per
+process, and real traffic repeats a few hundred user agents, so results are
+kept in a small bounded cache in front of the parser instead. A hit is a dict
+lookup; the cache is emptied when full, so a client cycling user agents cannot
+grow memory. Only recorded (sampled) spans ask for a parse.
 """
 
 from __future__ import annotations
 
 import threading
 
-import ua_parser
+from ua_parser import BasicResolver, Parser, load_builtins
 
 _CACHE_SIZE = 2048  # entries
 _cache: dict[str, tuple[str | None, str | None]] = {}
 _lock = threading.Lock()
+_parser: Parser | None = None
+
+
+def _get_parser() -> Parser:
+    global _parser
+    if _parser is None:
+        with _lock:
+            if _parser is None:
+                _parser = Parser(BasicResolver(load_builtins()))
+    return _parser
 
 
 def parse_user_agent(header: str) -> tuple[str | None, str | None]:
@@ -22,7 +34,7 @@ def parse_user_agent(header: str) -> tuple[str | None, str | None]:
     cached = _cache.get(header)
     if cached is not None:
         return cached
-    result = ua_parser.parse(header[:512])
+    result = _get_parser().parse(header[:512])
     browser = result.user_agent.family if result.user_agent else None
     os_name = result.os.family if result.os else None
     names = (

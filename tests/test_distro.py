@@ -155,7 +155,9 @@ PROBE_APP = """
     from otel_flask_metrics.distro import configured
     app = flask.Flask("probe")
     app.add_url_rule("/items/<int:i>", "item", lambda i: {"i": i})
-    response = app.test_client().get("/items/3", headers={"X-API-Key": "k-123"}, buffered=True)
+    response = app.test_client().get(
+        "/items/3?access_token=tok-supersecret-0042", headers={"X-API-Key": "k-123"}, buffered=True
+    )
     providers = configured()
     print(json.dumps({
         "status": response.status_code,
@@ -199,6 +201,9 @@ def test_opentelemetry_instrument_uses_our_distro_configurator_and_instrumentor(
     assert '"http.route": "/items/<int:i>"' in result.stdout
     assert '"api.consumer.id"' in result.stdout
     assert "k-123" not in result.stdout
+    # Redaction sits between every exporter and the spans, in the export path.
+    assert "tok-supersecret-0042" not in result.stdout
+    assert "access_token=[REDACTED]" in result.stdout
 
 
 def test_explicit_init_app_under_the_launcher_does_not_double_instrument() -> None:

@@ -359,3 +359,16 @@ def test_a_failure_before_the_request_falls_back_to_the_bare_app(
     monkeypatch.setattr(state, "tracer", None)  # start_span now raises AttributeError
     response = app.test_client().get("/users/4", buffered=True)
     assert (response.status_code, response.json) == (200, {"id": 4})
+
+
+def test_active_requests_counts_a_streaming_response_until_it_ends(
+    app: Flask, metric_reader: InMemoryMetricReader
+) -> None:
+    environ = EnvironBuilder(path="/stream").get_environ()
+    body, _status, _headers = run_wsgi_app(app.wsgi_app, environ)
+    chunks = iter(body)
+    next(chunks)
+    assert [p.value for p in metric_points(metric_reader, "http.server.active_requests")] == [1]
+    list(chunks)
+    body.close()  # type: ignore[attr-defined]
+    assert [p.value for p in metric_points(metric_reader, "http.server.active_requests")] == [0]

@@ -713,3 +713,22 @@ def test_secrets_never_reach_the_otlp_bytes(data: dict[str, Any]) -> None:
         body = body["child"][0]
     assert body == {data["json_key"]: M, "keep": plain}
     assert json.loads(str(attrs["captured.headers"]))["X-Plain"] == plain
+
+
+def test_redacting_exporter_redacts_in_the_export_path() -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from otel_flask_metrics.redaction import RedactingSpanExporter
+
+    inner = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(RedactingSpanExporter(inner)))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("s") as span:
+        span.set_attribute("http.request.header.authorization", ("Bearer abcdefghijklmnop",))
+        span.set_attribute("http.route", "/x")
+    provider.force_flush()
+    (exported,) = inner.get_finished_spans()
+    assert exported.attributes["http.request.header.authorization"] == ("[REDACTED]",)
+    assert exported.attributes["http.route"] == "/x"
+    provider.shutdown()
