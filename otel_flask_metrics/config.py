@@ -385,14 +385,14 @@ def resolve_settings(
         _parse_into(values, problems, option, option.variable, raw)
     by_field = {o.field: o for o in OPTIONS}
     for name, value in overrides.items():
-        option = by_field.get(name)
-        if option is None:
+        known = by_field.get(name)
+        if known is None:
             close = difflib.get_close_matches(name, sorted(_FIELDS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             problems.append(ConfigProblem(name, str(value), f"unknown keyword argument{hint}"))
             continue
         if value is not None:
-            _parse_into(values, problems, option, name, value)
+            _parse_into(values, problems, known, name, value)
     problems.extend(unknown_variables(env))
     return replace(Settings(), **values), problems
 

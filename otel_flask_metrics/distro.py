@@ -20,7 +20,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.sdk._configuration import _BaseConfigurator
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -98,7 +98,7 @@ class FlaskMetricsDistro(BaseDistro):  # type: ignore[misc]  # untyped base clas
         super().load_instrumentor(entry_point, **kwargs)
 
 
-class FlaskMetricsConfigurator(_BaseConfigurator):  # type: ignore[misc]  # untyped base
+class FlaskMetricsConfigurator(_BaseConfigurator):
     """Builds the SDK providers when ``opentelemetry-instrument`` starts the app."""
 
     def _configure(self, **kwargs: Any) -> None:

@@ -158,7 +158,7 @@ class FlaskMetrics:
         if state is None:
             return
         if isinstance(app.wsgi_app, _Middleware):
-            app.wsgi_app = app.wsgi_app.wrapped  # type: ignore[method-assign]
+            app.wsgi_app = app.wsgi_app.wrapped  # type: ignore[method-assign,assignment]
         funcs = app.teardown_request_funcs.get(None, [])
         if state.on_teardown in funcs:
             funcs.remove(state.on_teardown)
@@ -344,9 +344,9 @@ class _RequestRecord:
             span_attributes.update(capture.request_headers(self.environ))
             span_attributes.update(capture.response_headers(self.response_headers))
         if self.request_body is not None and self.request_body.data:
-            span_attributes[REQUEST_BODY] = decode(self.request_body.data)
+            span_attributes[REQUEST_BODY] = decode(bytes(self.request_body.data))
         if self.response_body is not None and self.response_body.data:
-            span_attributes[RESPONSE_BODY] = decode(self.response_body.data)
+            span_attributes[RESPONSE_BODY] = decode(bytes(self.response_body.data))
 
 
 class _Middleware:

@@ -15,7 +15,9 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import flask
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,  # the package has no py.typed: its names are untyped
+)
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 

@@ -39,6 +39,10 @@ command -v go >/dev/null || { echo "Go is required to build the Collector: https
 collector=$(bash scripts/build-collector.sh)
 echo "$collector"
 
+step "static checks (ruff, mypy --strict on the package)"
+ruff check otel_flask_metrics
+mypy
+
 step "tests"
 status=0
 python -m pytest -q -p no:cacheprovider "$@" || status=$?
