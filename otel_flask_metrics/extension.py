@@ -310,7 +310,11 @@ class _RequestRecord:
                 span_attributes[HTTP_REQUEST_BODY_SIZE] = request_size
                 span_attributes[HTTP_RESPONSE_BODY_SIZE] = self.response_size
                 if not self.private:
-                    self._add_details(span_attributes)
+                    try:
+                        self._add_details(span_attributes)
+                    except Exception:
+                        # Details are best effort; the span keeps its core.
+                        _logger.debug("otel-flask-metrics: request details failed", exc_info=True)
                 consumer = self.consumer
                 if consumer is not None:
                     span_attributes[API_CONSUMER_ID] = consumer.id
@@ -474,8 +478,13 @@ def _request_attributes(
 def _split_host(host: str) -> tuple[str, int | None]:
     """``example.com:8080`` -> ``("example.com", 8080)``; IPv6 literals kept whole."""
     name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and not name.endswith(":"):
-        return name, int(port)
+    if sep and not name.endswith(":"):
+        # isascii: "²³".isdigit() is true; a client's Host must never make an
+        # attribute the exporter cannot encode.
+        if port.isascii() and port.isdigit() and 0 < int(port) <= 65535:
+            return name, int(port)
+        if port.isascii() and port.isdigit():
+            return name, None
     return host, None
 
 

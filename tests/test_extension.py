@@ -372,3 +372,25 @@ def test_active_requests_counts_a_streaming_response_until_it_ends(
     list(chunks)
     body.close()  # type: ignore[attr-defined]
     assert [p.value for p in metric_points(metric_reader, "http.server.active_requests")] == [0]
+
+
+@pytest.mark.parametrize(
+    ("host", "address", "port"),
+    [
+        ("api.example.com:8443", "api.example.com", 8443),
+        ("api.example.com", "api.example.com", None),
+        ("[::1]:8080", "[::1]", 8080),
+        ("127.0.0.1:99999999999999999999999", "127.0.0.1", None),
+        ("127.0.0.1:70000", "127.0.0.1", None),
+        ("127.0.0.1:\u00b2\u00b3", "127.0.0.1:\u00b2\u00b3", None),
+    ],
+)
+def test_hostile_host_headers_never_break_the_span(
+    app: Flask, span_exporter: InMemorySpanExporter, host: str, address: str, port: int | None
+) -> None:
+    response = app.test_client().get("/users/1", headers={"Host": host}, buffered=True)
+    assert response.status_code == 200
+    attributes = only_span(span_exporter).attributes
+    assert attributes["http.response.status_code"] == 200, "the span keeps its core attributes"
+    assert attributes["server.address"] == address
+    assert attributes.get("server.port") == port

@@ -54,7 +54,7 @@ def _gunicorn(
         [
             shutil.which("opentelemetry-instrument") or "opentelemetry-instrument",
             shutil.which("gunicorn") or "gunicorn",
-            "--bind", f"{LOOPBACK}:{port}", "--workers", "2", "--chdir", str(APPS), *extra_args,
+            "--bind", f"{LOOPBACK}:{port}", "--chdir", str(APPS), *(extra_args or ["--workers", "2"]),
             "api:app",
         ],
         log_dir,
@@ -74,7 +74,7 @@ def test_gunicorn_two_workers_export_consumers_and_exact_sizes(
     sink: OtlpSink, tmp_path: Path, preload: bool
 ) -> None:
     port = free_port()
-    app = _gunicorn(sink, port, tmp_path, {}, ["--preload"] if preload else []).start()
+    app = _gunicorn(sink, port, tmp_path, {}, ["--workers", "2", *(["--preload"] if preload else [])]).start()
     base = f"http://{LOOPBACK}:{port}"
     try:
         app.wait_ready(60)
@@ -191,3 +191,41 @@ def test_gunicorn_two_workers_export_consumers_and_exact_sizes(
     everything = b"".join(sink.raw_bytes)
     for key in KEYS.values():
         assert key.encode() not in everything
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])
+def test_four_workers_with_recycling_count_exactly(
+    sink: OtlpSink, tmp_path: Path, preload: bool
+) -> None:
+    """gunicorn -w 4 --max-requests: recycled workers flush on exit, ids never collide."""
+    port = free_port()
+    args = ["--workers", "4", "--max-requests", "15"] + (["--preload"] if preload else [])
+    app = _gunicorn(
+        sink, port, tmp_path, {"OTEL_PYTHON_FLASK_EXCLUDED_URLS": "/health"}, args
+    ).start()
+    base = f"http://{LOOPBACK}:{port}"
+    sent = 0
+    try:
+        app.wait_ready(60)
+        pids: set[str] = set()
+        for _ in range(8):
+            responses = _concurrent_gets(base + "/items/1", 10)
+            assert all(r.status_code == 200 for r in responses)
+            pids.update(r.headers["X-Worker-Pid"] for r in responses)
+            sent += len(responses)
+        assert len(pids) > 4, "workers were recycled"
+
+        def all_counted() -> bool:
+            totals = sink.histogram_totals("http.server.request.duration")
+            return sum(count for count, _ in totals.values()) >= sent
+
+        wait_until(all_counted, 30, f"{sent} requests in the exported metrics")
+    finally:
+        app.stop()
+    totals = sink.histogram_totals("http.server.request.duration", "http.route")
+    assert totals[("/items/<int:item_id>",)][0] == sent
+    instances = {
+        resource["service.instance.id"]
+        for resource, _, _ in sink.latest_points("http.server.request.duration")
+    }
+    assert len(instances) == len(pids), "one service.instance.id per worker process, never shared"
