@@ -388,8 +388,11 @@ def test_active_requests_counts_a_streaming_response_until_it_ends(
 def test_hostile_host_headers_never_break_the_span(
     app: Flask, span_exporter: InMemorySpanExporter, host: str, address: str, port: int | None
 ) -> None:
-    response = app.test_client().get("/users/1", headers={"Host": host}, buffered=True)
-    assert response.status_code == 200
+    # Built by hand: werkzeug's client refuses to send such Host headers.
+    environ = EnvironBuilder(path="/users/1").get_environ()
+    environ["HTTP_HOST"] = host
+    _body, status, _headers = run_wsgi_app(app.wsgi_app, environ, buffered=True)
+    assert status.startswith("200")
     attributes = only_span(span_exporter).attributes
     assert attributes["http.response.status_code"] == 200, "the span keeps its core attributes"
     assert attributes["server.address"] == address
