@@ -1,0 +1,95 @@
+"""Guards on the per-request work, counted rather than timed.
+
+Wall-clock assertions are flaky; counts are not. If a change adds SDK calls,
+attribute passes or attributes to every request, these fail and the change
+must say why (and update the benchmarks in the README).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from flask import Flask
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics._internal import instrument as sdk_instruments
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_flask_metrics import FlaskMetrics
+
+REQUESTS = 20
+# Per request: duration, request size and response size. Active requests are
+# observed at collection time, not recorded per request.
+SDK_MEASUREMENTS_PER_REQUEST = 3
+# Per recorded span: the attributes at start_span, and one set_attributes at the end.
+ATTRIBUTE_PASSES_PER_SPAN = 1
+MAX_SPAN_ATTRIBUTES = 17  # a GET with a user agent, a referrer, a consumer and a query string
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    counted: Counter[str] = Counter()
+
+    def counting(name: str, original: Any) -> Any:
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            counted[name] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for cls_name, method in (
+        ("_Histogram", "record"),
+        ("_Counter", "add"),
+        ("_UpDownCounter", "add"),
+        ("_Gauge", "set"),
+    ):
+        cls = getattr(sdk_instruments, cls_name)
+        monkeypatch.setattr(cls, method, counting("measurement", getattr(cls, method)))
+    for method in ("set_attributes", "set_attribute"):
+        monkeypatch.setattr(SdkSpan, method, counting(method, getattr(SdkSpan, method)))
+    return counted
+
+
+def test_per_request_work_does_not_grow(
+    calls: Counter[str],
+    tracer_provider: TracerProvider,
+    meter_provider: MeterProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    app = Flask(__name__)
+    app.get("/items/<int:item_id>")(lambda item_id: {"id": item_id})
+    FlaskMetrics(
+        app, tracer_provider=tracer_provider, meter_provider=meter_provider,
+        consumer_header="X-API-Key",
+    )
+    client = app.test_client()
+    headers = {"X-API-Key": "key-1", "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+               "Referer": "https://example.com/"}
+    for i in range(REQUESTS):
+        assert client.get(f"/items/{i}?page=2", headers=headers, buffered=True).status_code == 200
+
+    assert calls["measurement"] == SDK_MEASUREMENTS_PER_REQUEST * REQUESTS
+    assert calls["set_attributes"] == ATTRIBUTE_PASSES_PER_SPAN * REQUESTS
+    assert calls["set_attribute"] == 0
+    spans = span_exporter.get_finished_spans()
+    assert len(spans) == REQUESTS
+    assert max(len(span.attributes) for span in spans) <= MAX_SPAN_ATTRIBUTES, sorted(spans[0].attributes)
+
+
+def test_unsampled_requests_skip_all_span_work(
+    calls: Counter[str], meter_provider: MeterProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    app = Flask(__name__)
+    app.get("/items/<int:item_id>")(lambda item_id: {"id": item_id})
+    FlaskMetrics(app, tracer_provider=provider, meter_provider=meter_provider)
+    client = app.test_client()
+    for i in range(REQUESTS):
+        client.get(f"/items/{i}", headers={"User-Agent": "curl/8"}, buffered=True)
+    assert calls["measurement"] == SDK_MEASUREMENTS_PER_REQUEST * REQUESTS, "metrics count every request"
+    assert calls["set_attributes"] == 0
