@@ -175,12 +175,14 @@ class LocalStack:
         extra_collector_configs: Sequence[Path] = (),
         collector_env: Mapping[str, str] | None = None,
         with_alertmanager: bool = True,
+        alert_webhook_url: str | None = None,
     ) -> None:
         self._owns_dir = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="ofm-stack-")) if work_dir is None else work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.extra_collector_configs = list(extra_collector_configs)
         self.extra_collector_env = dict(collector_env or {})
+        self.alert_webhook_url = alert_webhook_url
         self.with_alertmanager = with_alertmanager
         self.ports = {
             name: free_port()
@@ -231,6 +233,15 @@ class LocalStack:
         shutil.copy(PROMETHEUS_DIR / "alerts.yml", config_dir / "alerts.yml")
         return config_dir / "prometheus.yml"
 
+    def alertmanager_config(self) -> Path:
+        """The shipped alertmanager.yml, with the webhook pointed at ``alert_webhook_url``."""
+        text = (PROMETHEUS_DIR / "alertmanager.yml").read_text()
+        if self.alert_webhook_url:
+            text = text.replace("http://alert-webhook:8080/", self.alert_webhook_url)
+        path = self.work_dir / "alertmanager.yml"
+        path.write_text(text)
+        return path
+
     def start(self, collector_binary: Path | None = None) -> LocalStack:
         try:
             self._start(collector_binary or build_collector())
@@ -262,7 +273,7 @@ class LocalStack:
                 "alertmanager",
                 [
                     find_binary("prometheus-alertmanager", "alertmanager"),
-                    f"--config.file={PROMETHEUS_DIR / 'alertmanager.yml'}",
+                    f"--config.file={self.alertmanager_config()}",
                     f"--storage.path={self.work_dir / 'alertmanager-data'}",
                     f"--web.listen-address={LOOPBACK}:{self.ports['alertmanager']}",
                     f"--cluster.listen-address={LOOPBACK}:{self.ports['alertmanager_cluster']}",
@@ -347,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=5.0, help="traffic requests per second")
     args = parser.parse_args(argv)
 
-    stack = LocalStack()
+    webhook_port = free_port()
+    stack = LocalStack(alert_webhook_url=f"http://{LOOPBACK}:{webhook_port}/")
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -360,6 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("building/locating the Collector ...", flush=True)
         stack.start()
         logs = stack.work_dir / "logs"
+        # Alerts are printed by the demo webhook receiver (see its log).
+        stack.add(
+            Service(
+                "alert-webhook",
+                [sys.executable, str(ROOT / "demo" / "alert_webhook.py"),
+                 "--bind", LOOPBACK, "--port", str(webhook_port)],
+                logs,
+                ready_url=f"http://{LOOPBACK}:{webhook_port}/health",
+            )
+        )
         stack.add(
             app_service(
                 stack, logs, app="app:app", chdir=ROOT / "demo", port=args.app_port,
