@@ -48,6 +48,7 @@ def test_invented_consumers_and_paths_stay_bounded(
     sampled_spans: tuple[TracerProvider, InMemorySpanExporter],
     meter_provider: MeterProvider,
     metric_reader: InMemoryMetricReader,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     tracer_provider, exporter = sampled_spans
     app = Flask(__name__)
@@ -90,6 +91,9 @@ def test_invented_consumers_and_paths_stay_bounded(
     growth = rss() - before
 
     points = metric_points(metric_reader, "http.server.request.duration")
+    with capsys.disabled():
+        print(f"\n[cardinality] {REQUESTS} invented consumers and paths: {len(points)} series "
+              f"(cap {CAP}), RSS growth after warm-up {growth / 2**20:.1f} MiB")
     consumer_labels = {p.attributes.get("api.consumer.id") for p in points}
     assert len(points) <= CAP + 1, f"{len(points)} series for {REQUESTS} invented consumers"
     assert OVERFLOW_CONSUMER_ID in consumer_labels, "the fold is visible"
