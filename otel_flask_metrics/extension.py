@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 EXTENSION_KEY = "otel_flask_metrics"
+_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 _ENVIRON_KEY = "otel_flask_metrics.request"
 
 # Attribute keys (semantic conventions; the consumer ones are ours).
@@ -210,8 +211,6 @@ class _AppState:
             _logger.debug("otel-flask-metrics: teardown failed", exc_info=True)
 
 
-_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
-
 
 class _RequestRecord:
     """What one request has told us so far."""
@@ -299,6 +298,8 @@ class _RequestRecord:
         finally:
             # Whatever happened to the metrics, the span is ended.
             self._end_span(attributes, request_size, error_type)
+            # environ -> record -> environ: break the cycle for the collector.
+            self.environ.pop(_ENVIRON_KEY, None)
 
     def _end_span(
         self, attributes: dict[str, Any], request_size: int, error_type: str | None
