@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
+from . import log_throttle
 from .consumers import DEFAULT_HASH_KEY
 from .redaction import (
     RedactingLogRecordProcessor,
@@ -148,6 +149,8 @@ def configure(environ: Mapping[str, str] | None = None, **options: Any) -> Provi
     if settings.disabled:
         report_problems(problems)
         return None
+    # A dead Collector or a hostile header must not flood the app's log.
+    log_throttle.install()
     resource = _setup_resource(settings)
     tracer_provider = _setup_tracing(resource, settings, env, problems)
     meter_provider = _setup_metrics(resource, env, problems)
