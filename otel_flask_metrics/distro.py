@@ -32,8 +32,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from . import log_throttle
+from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import DEFAULT_HASH_KEY
 from .redaction import (
     RedactingLogRecordProcessor,
