@@ -64,7 +64,7 @@ from .capture import (
     decode,
     is_textual,
 )
-from .config import Settings, report_problems, resolve_settings
+from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import Consumer, ConsumerLabelLimiter, ConsumerResolver
 from .metrics import HttpServerInstruments
 from .user_agent import parse_user_agent
@@ -144,7 +144,9 @@ class FlaskMetrics:
                 _logger.warning("otel-flask-metrics is already set up on %r; ignoring", app)
             return
         settings, problems = resolve_settings(**self._options)
-        report_problems(problems)
+        # Checked here, not in the configurator: uWSGI's module exists only
+        # once an app is loaded.
+        report_problems(problems + uwsgi_problems())
         if settings.disabled:
             return
         state = _AppState(settings, self._tracer_provider, self._meter_provider, automatic)
@@ -525,6 +527,29 @@ def _finish_safely(record: _RequestRecord) -> None:
         record.finish()
     except Exception:
         _logger.debug("otel-flask-metrics: could not finish the request", exc_info=True)
+
+
+# uWSGI forks its workers from C: without these options the SDK's after-fork
+# hooks never run in a worker (no exporter thread, one shared instance id).
+UWSGI_OPTIONS = ("enable-threads", "lazy-apps", "py-call-osafterfork")
+
+
+def uwsgi_problems() -> list[ConfigProblem]:
+    try:
+        import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]  # only inside uWSGI
+    except ImportError:
+        return []
+    missing = [f"--{name}" for name in UWSGI_OPTIONS if not uwsgi.opt.get(name)]
+    if not missing:
+        return []
+    return [
+        ConfigProblem(
+            "uWSGI options",
+            " ".join(missing) + " missing",
+            "start uWSGI with --enable-threads --lazy-apps --py-call-osafterfork, or workers "
+            "export nothing",
+        )
+    ]
 
 
 def _asks_to_skip(skip: Any, req: Any) -> bool:
