@@ -421,11 +421,8 @@ def _begin(state: _AppState, environ: WSGIEnvironment) -> _RequestRecord | None:
     )
     record = _RequestRecord(state, environ, span, method, scheme)
     length = environ.get("CONTENT_LENGTH")
-    if length:
-        try:
-            record.request_size = int(length)
-        except ValueError:
-            pass
+    if length and length.isascii() and length.isdigit():
+        record.request_size = int(length)
     limit = state.capture.body_limit
     if limit and span.is_recording() and is_textual(environ.get("CONTENT_TYPE")):
         record.request_body = BodyPrefix(limit)

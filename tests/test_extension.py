@@ -397,3 +397,16 @@ def test_hostile_host_headers_never_break_the_span(
     assert attributes["http.response.status_code"] == 200, "the span keeps its core attributes"
     assert attributes["server.address"] == address
     assert attributes.get("server.port") == port
+
+
+@pytest.mark.parametrize("length", ["-5", "abc", "\u00b2"])
+def test_an_invalid_content_length_is_counted_as_read(
+    app: Flask, span_exporter: InMemorySpanExporter, length: str
+) -> None:
+    import io
+
+    environ = EnvironBuilder(path="/echo", method="POST", input_stream=io.BytesIO(b"abc")).get_environ()
+    environ["CONTENT_LENGTH"] = length
+    environ["wsgi.input_terminated"] = True
+    run_wsgi_app(app.wsgi_app, environ, buffered=True)
+    assert only_span(span_exporter).attributes["http.request.body.size"] >= 0
