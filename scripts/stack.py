@@ -257,7 +257,9 @@ class LocalStack:
         self.prometheus = Service(
             "prometheus",
             [
-                find_binary("prometheus"),
+                # OFM_PROMETHEUS runs another build (e.g. the Prometheus 3 that
+                # compose pins) with the same config and tests.
+                os.environ.get("OFM_PROMETHEUS") or find_binary("prometheus"),
                 f"--config.file={self.prometheus_config()}",
                 f"--storage.tsdb.path={prometheus_data}",
                 f"--web.listen-address={LOOPBACK}:{self.ports['prometheus']}",
