@@ -4,6 +4,9 @@
 #   - Prometheus, promtool, Alertmanager and amtool from Debian, if missing
 #   - the OpenTelemetry Collector from collector-config/builder-manifest.yaml
 #     (built with Go and the Collector Builder; cached by manifest hash)
+#   - Prometheus and promtool at the version compose.yaml pins, built from the
+#     Go module proxy (cached by version) and put first on PATH; Debian's
+#     Prometheus 2.42 is only a fallback for scripts/stack.py
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k consumers`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +41,11 @@ step "OpenTelemetry Collector"
 command -v go >/dev/null || { echo "Go is required to build the Collector: https://go.dev/dl/"; exit 1; }
 collector=$(bash scripts/build-collector.sh)
 echo "$collector"
+
+step "Prometheus (the version compose.yaml pins)"
+prometheus_bin=$(bash scripts/build-prometheus.sh)
+export PATH="$prometheus_bin:$PATH"
+prometheus --version 2>&1 | head -n 1
 
 step "static checks (ruff, mypy --strict on the package)"
 ruff check otel_flask_metrics
