@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 
 from .config import OPTIONS, ConfigProblem, resolve_settings
-from .distro import DISTRO_NAME, ENVIRONMENT_DEFAULTS, _load_exporters
+from .distro import DISTRO_NAME, ENVIRONMENT_DEFAULTS, load_exporters
 from .version import __version__
 
 _ENDPOINT_TIMEOUT = 3.0  # seconds
@@ -58,7 +58,7 @@ def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> 
 
     for signal in ("traces", "metrics", "logs"):
         # Instantiating validates names and protocols exactly as startup does.
-        for exporter in _load_exporters(signal, env, problems):
+        for exporter in load_exporters(signal, env, problems):
             shutdown = getattr(exporter, "shutdown", None)
             if shutdown is not None:
                 shutdown()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -181,7 +181,7 @@ def _setup_tracing(
     # (OTEL_BSP_*) are read by the SDK itself.
     provider = TracerProvider(resource=resource)
     redactor = build_redactor(settings)
-    for exporter in _load_exporters("traces", env, problems):
+    for exporter in load_exporters("traces", env, problems):
         # Redaction wraps each exporter: nothing reaches it unredacted,
         # whatever instrumentation produced the span, and the work runs in the
         # batch processor's export thread, not on the request thread.
@@ -193,7 +193,7 @@ def _setup_metrics(
     resource: Resource, env: Mapping[str, str], problems: list[ConfigProblem]
 ) -> MeterProvider:
     readers: list[MetricReader] = []
-    for exporter in _load_exporters("metrics", env, problems):
+    for exporter in load_exporters("metrics", env, problems):
         if isinstance(exporter, MetricReader):  # e.g. a Prometheus reader
             readers.append(exporter)
         else:
@@ -226,7 +226,7 @@ def _setup_logging(
 ) -> None:
     # Logs are exported only when OTEL_LOGS_EXPORTER names an exporter; then
     # the root logger's records go through redaction like spans do.
-    exporters = _load_exporters("logs", env, problems)
+    exporters = load_exporters("logs", env, problems)
     if not exporters:
         return
     from opentelemetry._logs import set_logger_provider
@@ -250,7 +250,7 @@ def metric_views() -> list[View]:
     ]
 
 
-def _load_exporters(
+def load_exporters(
     signal: str, env: Mapping[str, str], problems: list[ConfigProblem]
 ) -> list[Any]:
     """Instantiate the exporters named by ``OTEL_<SIGNAL>_EXPORTER``.
@@ -305,10 +305,3 @@ def _otlp_entry_name(signal: str, env: Mapping[str, str], problems: list[ConfigP
         )
         break
     return _OTLP_PROTOCOLS["http/protobuf"]
-
-
-def exporter_names(signal: str, environ: Mapping[str, str]) -> Sequence[str]:
-    """The exporter names configured for ``signal``, for ``check``."""
-    variable = f"OTEL_{signal.upper()}_EXPORTER"
-    raw = environ.get(variable, ENVIRONMENT_DEFAULTS[variable])
-    return [name.strip() for name in raw.split(",") if name.strip()]

@@ -25,7 +25,7 @@ from otel_flask_metrics.config import ConfigProblem
 from otel_flask_metrics.distro import (
     ENVIRONMENT_DEFAULTS,
     FlaskMetricsDistro,
-    _load_exporters,
+    load_exporters,
     metric_views,
 )
 from tests.conftest import metric_points
@@ -85,7 +85,7 @@ def test_trace_exporters_follow_the_standard_variables(
     env: dict[str, str], expected: list[Any]
 ) -> None:
     problems: list[ConfigProblem] = []
-    exporters = _load_exporters("traces", env, problems)
+    exporters = load_exporters("traces", env, problems)
     assert problems == []
     names = [type(e) if not isinstance(x, str) else type(e).__name__ for e, x in zip(exporters, expected)]
     assert names == expected and len(exporters) == len(expected)
@@ -104,7 +104,7 @@ def test_bad_standard_variables_are_reported_not_raised(
     env: dict[str, str], variable: str, fragment: str
 ) -> None:
     problems: list[ConfigProblem] = []
-    exporters = _load_exporters("traces", env, problems)
+    exporters = load_exporters("traces", env, problems)
     assert [p.variable for p in problems] == [variable]
     assert fragment in str(problems[0])
     for exporter in exporters:
@@ -113,7 +113,7 @@ def test_bad_standard_variables_are_reported_not_raised(
 
 def test_metric_exporter_defaults_to_otlp_http() -> None:
     problems: list[ConfigProblem] = []
-    (exporter,) = _load_exporters("metrics", {}, problems)
+    (exporter,) = load_exporters("metrics", {}, problems)
     assert isinstance(exporter, OTLPMetricExporter)
     exporter.shutdown()
 
