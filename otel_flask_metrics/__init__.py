@@ -13,11 +13,21 @@ from .consumers import Consumer as Consumer
 from .consumers import set_consumer as set_consumer
 from .distro import configure as configure
 from .extension import FlaskMetrics as FlaskMetrics
+from .redaction import RedactingLogRecordProcessor as RedactingLogRecordProcessor
+from .redaction import RedactingSpanExporter as RedactingSpanExporter
+from .redaction import RedactingSpanProcessor as RedactingSpanProcessor
+from .redaction import RedactionRules as RedactionRules
+from .redaction import Redactor as Redactor
 from .version import __version__ as __version__
 
 __all__ = [
     "Consumer",
     "FlaskMetrics",
+    "RedactingLogRecordProcessor",
+    "RedactingSpanExporter",
+    "RedactingSpanProcessor",
+    "RedactionRules",
+    "Redactor",
     "Settings",
     "__version__",
     "configure",
