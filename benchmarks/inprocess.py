@@ -43,13 +43,13 @@ def send(client: Any, n: int) -> None:
 
 
 def bypass_redaction() -> None:
-    """Patch, in this process only, the redacting processor into a pass-through."""
-    from otel_flask_metrics.redaction import RedactingSpanProcessor
+    """Patch, in this process only, the redacting exporter into a pass-through."""
+    from otel_flask_metrics.redaction import RedactingSpanExporter
 
-    def on_end(self: Any, span: Any) -> None:
-        self.processor.on_end(span)
+    def export(self: Any, spans: Any) -> Any:
+        return self.exporter.export(spans)
 
-    RedactingSpanProcessor.on_end = on_end
+    RedactingSpanExporter.export = export  # type: ignore[method-assign]
 
 
 def main() -> None:
