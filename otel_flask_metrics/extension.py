@@ -293,9 +293,12 @@ class _RequestRecord:
 
         try:
             instruments = state.instruments
-            instruments.duration.record(duration, attributes)
-            instruments.request_body_size.record(request_size, attributes)
-            instruments.response_body_size.record(self.response_size, attributes)
+            # The body may end after the request's context was detached: the
+            # span's context is passed so exemplars link to this trace.
+            span_context = trace.set_span_in_context(self.span)
+            instruments.duration.record(duration, attributes, span_context)
+            instruments.request_body_size.record(request_size, attributes, span_context)
+            instruments.response_body_size.record(self.response_size, attributes, span_context)
             instruments.active_requests.add(self.method, self.scheme, -1)
         finally:
             # Whatever happened to the metrics, the span is ended.

@@ -264,6 +264,8 @@ class LocalStack:
                 f"--storage.tsdb.path={prometheus_data}",
                 f"--web.listen-address={LOOPBACK}:{self.ports['prometheus']}",
                 "--web.enable-remote-write-receiver",
+                # As in compose: exemplars link latency panels to traces.
+                "--enable-feature=exemplar-storage",
                 "--web.enable-lifecycle",
             ],
             logs,

@@ -379,3 +379,26 @@ def test_overview_totals_are_exact(running: RunningStack) -> None:
     assert single("5xx ratio in range") == pytest.approx(1 / running.total)
     assert single("4xx ratio in range") == pytest.approx(4 / running.total)
     assert single("Active consumers") == 3
+
+
+def test_latency_exemplars_point_at_exported_traces(running: RunningStack) -> None:
+    """The exemplars Grafana's latency panels show carry trace ids of real traces."""
+    import time as _time
+
+    now = _time.time()
+    url = f"{running.stack.prometheus_url}/api/v1/query_exemplars?" + urllib.parse.urlencode(
+        {
+            "query": f'http_server_request_duration_seconds_bucket{{service_name="{SERVICE}"}}',
+            "start": now - 3600,
+            "end": now + 60,
+        }
+    )
+    with urllib.request.urlopen(url, timeout=10) as response:
+        series = json.load(response)["data"]
+    trace_ids = {
+        exemplar["labels"].get("trace_id") for s in series for exemplar in s["exemplars"]
+    }
+    trace_ids.discard(None)
+    assert trace_ids, "no exemplar with a trace_id reached Prometheus"
+    exported = {span["traceId"] for span in _exported_spans(running.export_dir)}
+    assert trace_ids <= exported, "every exemplar opens a trace the Collector exported"
