@@ -80,7 +80,6 @@ def test_gunicorn_two_workers_export_consumers_and_exact_sizes(
         app.wait_ready(60)
         session = requests.Session()
         sent: dict[tuple[str | None, str, int], int] = {}
-        request_bytes: dict[str | None, int] = {}
 
         def send(method: str, path: str, consumer: str | None, route: str, **kwargs: object) -> requests.Response:
             headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
