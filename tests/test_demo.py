@@ -7,20 +7,17 @@ demo itself; the distro's behaviour under gunicorn is the e2e tests' job.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from flask.testing import FlaskClient
+from stack import Service, free_port  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
@@ -158,51 +155,25 @@ def test_traffic_refuses_a_bad_target(target: str) -> None:
 # ---- traffic.py against gunicorn -----------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if json.load(response) == {"status": "ok"}:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"gunicorn did not answer {url} within {READY_TIMEOUT}s")
-
-
 @pytest.fixture
 def gunicorn_target(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "HOME": str(tmp_path)}  # gunicorn's control socket goes there
-    process = subprocess.Popen(
+    port = free_port()
+    server = Service(
+        "demo-gunicorn",
         [
             *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
             *("--workers", "2", "--chdir", "demo", "app:app"),
         ],
+        tmp_path,
+        env={**os.environ, "HOME": str(tmp_path)},  # gunicorn's control socket goes there
         cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        ready_url=f"http://127.0.0.1:{port}/health",
+    ).start()
     try:
-        target = f"http://127.0.0.1:{port}"
-        _wait_ready(f"{target}/health", process)
-        yield target
+        server.wait_ready(READY_TIMEOUT)
+        yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        server.stop()
 
 
 @pytest.mark.e2e

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stack import Service, free_port  # type: ignore[import-not-found]
 
 from tests.grafana import dashboard_queries as dq
 
@@ -219,12 +219,6 @@ def openmetrics(start: int) -> str:
     return "\n".join(lines) + "\n# EOF\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Prometheus:
     url: str
@@ -258,42 +252,24 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     )
     config = tmp / "prometheus.yml"
     config.write_text("global:\n  evaluation_interval: 1m\n", encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = (tmp / "prometheus.log").open("wb")
-    process = subprocess.Popen(
+    server = Service(
+        "prometheus",
         [
             "prometheus",
             f"--config.file={config}",
             f"--storage.tsdb.path={storage}",
             f"--web.listen-address=127.0.0.1:{port}",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+        tmp,
+        ready_url=f"{url}/-/ready",
+    ).start()
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"prometheus exited: {(tmp / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("prometheus not ready in time")
-            time.sleep(0.2)
+        server.wait_ready(STARTUP_TIMEOUT)
         yield Prometheus(url, start + 60 * MINUTES)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+        server.stop()
 
 
 ALL_QUERIES = [
