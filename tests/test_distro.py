@@ -25,6 +25,7 @@ from otel_flask_metrics.config import ConfigProblem
 from otel_flask_metrics.distro import (
     ENVIRONMENT_DEFAULTS,
     FlaskMetricsDistro,
+    HashedOnceResource,
     load_exporters,
     metric_views,
 )
@@ -165,6 +166,9 @@ PROBE_APP = """
         "extension": "otel_flask_metrics" in app.extensions,
         "configured": providers is not None,
         "resource": dict(providers.tracer_provider.resource.attributes) if providers else None,
+        "resource_class": type(providers.tracer_provider.resource).__name__ if providers else None,
+        "meter_resource_shared": providers is not None
+        and providers.meter_provider._sdk_config.resource is providers.tracer_provider.resource,
     }))
 """
 
@@ -197,6 +201,8 @@ def test_opentelemetry_instrument_uses_our_distro_configurator_and_instrumentor(
     assert resource["deployment.environment.name"] == "staging"
     assert resource["telemetry.distro.name"] == "otel-flask-metrics"
     assert resource["service.instance.id"]
+    assert probe["resource_class"] == "HashedOnceResource"
+    assert probe["meter_resource_shared"]
     # The console exporter printed our server span, with the consumer pseudonymised.
     assert '"http.route": "/items/<int:i>"' in result.stdout
     assert '"api.consumer.id"' in result.stdout
@@ -274,3 +280,33 @@ def test_another_distro_installed_beside_ours_is_resolved_by_the_documented_vari
     monkeypatch.setattr(_load, "entry_points", lambda group: others if group == "opentelemetry_distro" else [])
     monkeypatch.setenv("OTEL_PYTHON_DISTRO", "otel_flask_metrics")
     assert isinstance(_load._load_distro(), FlaskMetricsDistro)
+
+
+def test_the_resource_is_hashed_once_and_stays_so_through_merges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    resource = HashedOnceResource({"service.name": "api", "k": 1}, "https://schema")
+    plain = Resource({"service.name": "api", "k": 1}, "https://schema")
+    assert resource == plain and hash(resource) == hash(plain), "interchangeable with Resource"
+    json_calls = 0
+    import opentelemetry.sdk.resources as resources_module
+
+    original = resources_module.dumps
+
+    def counting(*args: Any, **kwargs: Any) -> str:
+        nonlocal json_calls
+        json_calls += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(resources_module, "dumps", counting)
+    for _ in range(100):
+        hash(resource)
+    assert json_calls == 0, "the hash was computed once, at construction"
+    # What the SDK does to a provider's resource after a fork.
+    renewed = resource.merge(Resource({"service.instance.id": "new"}))
+    assert isinstance(renewed, HashedOnceResource)
+    assert renewed.attributes["service.instance.id"] == "new"
+    assert hash(renewed) == hash(Resource(dict(renewed.attributes), renewed.schema_url))
+
