@@ -66,7 +66,7 @@ class Settings:
     consumer_callback: ConsumerCallback | None = None
     consumer_id_max_length: int = 128
     max_consumers: int = 1000
-    parse_user_agent: bool = True
+    parse_user_agent: bool = False
     redact_keys: tuple[str, ...] = ()
     redact_keys_replace: bool = False
     redact_patterns: tuple[str, ...] = ()
@@ -275,9 +275,10 @@ OPTIONS: tuple[Option[Any], ...] = (
         "parse_user_agent",
         _parse_bool,
         "bool",
-        "Add user_agent.name and user_agent.os.name (parsed, low-cardinality) to "
-        "sampled server spans.",
-        "false",
+        "Parse user_agent.name and user_agent.os.name in the process (ua-parser) for "
+        "sampled server spans; the bundled Collector derives them from "
+        "user_agent.original, so turn this on only when exporting elsewhere.",
+        "true",
     ),
     Option(
         "redact_keys",

@@ -34,7 +34,7 @@ How it works, and why:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from timeit import default_timer
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,6 @@ from opentelemetry.semconv.attributes import (
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider, get_tracer
 from opentelemetry.util.http import get_excluded_urls
 
-from . import user_agent
 from .capture import (
     REQUEST_BODY,
     RESPONSE_BODY,
@@ -67,7 +66,6 @@ from .capture import (
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import Consumer, ConsumerLabelLimiter, ConsumerResolver
 from .metrics import HttpServerInstruments
-from .user_agent import parse_user_agent
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -99,6 +97,10 @@ _PATH = url_attributes.URL_PATH
 
 # The methods the semantic conventions know; anything else is "_OTHER", so a
 # client cannot create series by inventing methods.
+# Metric records that must not carry an exemplar get this context: not empty
+# (the SDK would fall back to the current one), and without a span.
+_WITHOUT_SPAN = context.set_value("otel_flask_metrics.no_exemplar", True, context.Context())
+
 _KNOWN_METHODS = frozenset(
     ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY")
 )
@@ -190,8 +192,14 @@ class _AppState:
         self.excluded_urls = get_excluded_urls("FLASK")
         self.capture = Capture(settings)
         self.allowed_hosts = _host_matcher(settings.allowed_hosts)
+        # ua-parser is imported only when asked for: its rules cost memory in
+        # every worker.
+        self.parse_user_agent: Callable[[str], tuple[str | None, str | None]] | None = None
         if settings.parse_user_agent:
-            user_agent.warm_up()
+            from .user_agent import parse_user_agent, warm_up
+
+            warm_up()
+            self.parse_user_agent = parse_user_agent
 
     def on_teardown(self, exc: BaseException | None) -> None:
         """After the view: route, consumer and the app's unhandled exception."""
@@ -293,12 +301,20 @@ class _RequestRecord:
 
         try:
             instruments = state.instruments
-            # The body may end after the request's context was detached: the
-            # span's context is passed so exemplars link to this trace.
-            span_context = trace.set_span_in_context(self.span)
-            instruments.duration.record(duration, attributes, span_context)
-            instruments.request_body_size.record(request_size, attributes, span_context)
-            instruments.response_body_size.record(self.response_size, attributes, span_context)
+            # Exemplars link the latency histogram to sampled traces. The body
+            # may end after the request's context was detached, so the span's
+            # context is passed. The size histograms get a context without a
+            # span: an exemplar there is not worth an offer on every request.
+            if self.span.get_span_context().trace_flags.sampled:
+                exemplar_context = trace.set_span_in_context(self.span)
+            else:
+                exemplar_context = _WITHOUT_SPAN
+            instruments.duration.record(duration, attributes, exemplar_context)
+            # Only a request with a body has a size: the zeros of every GET
+            # would flatten the percentiles and cost a record per request.
+            if request_size:
+                instruments.request_body_size.record(request_size, attributes, _WITHOUT_SPAN)
+            instruments.response_body_size.record(self.response_size, attributes, _WITHOUT_SPAN)
             instruments.active_requests.add(self.method, self.scheme, -1)
         finally:
             # Whatever happened to the metrics, the span is ended.
@@ -313,7 +329,8 @@ class _RequestRecord:
         try:
             if span.is_recording():
                 span_attributes = dict(attributes)
-                span_attributes[HTTP_REQUEST_BODY_SIZE] = request_size
+                if request_size:
+                    span_attributes[HTTP_REQUEST_BODY_SIZE] = request_size
                 span_attributes[HTTP_RESPONSE_BODY_SIZE] = self.response_size
                 if not self.private:
                     try:
@@ -348,7 +365,9 @@ class _RequestRecord:
         request the skip callback opted out.
         """
         state = self.state
-        span_attributes.update(_request_attributes(state.settings, self.environ, self.method))
+        span_attributes.update(
+            _request_attributes(self.environ, self.method, state.parse_user_agent)
+        )
         capture = state.capture
         if capture.headers:
             span_attributes.update(capture.request_headers(self.environ))
@@ -429,9 +448,12 @@ def _begin(state: _AppState, environ: WSGIEnvironment) -> _RequestRecord | None:
     limit = state.capture.body_limit
     if limit and span.is_recording() and is_textual(environ.get("CONTENT_TYPE")):
         record.request_body = BodyPrefix(limit)
-    if record.request_size is None or record.request_body is not None:
-        # A chunked body (or one with no valid Content-Length) is counted as
-        # the app reads it; a captured one is kept as it is read.
+    if record.request_body is not None or (
+        record.request_size is None and (length or "HTTP_TRANSFER_ENCODING" in environ)
+    ):
+        # A chunked body (or one with an invalid Content-Length) is counted
+        # as the app reads it; a captured one is kept as it is read. With
+        # neither header a request has no body (RFC 9112, 6.3).
         stream = environ.get("wsgi.input")
         if stream is not None:
             record.input = CapturingInput(stream, record.request_body)
@@ -442,7 +464,9 @@ def _begin(state: _AppState, environ: WSGIEnvironment) -> _RequestRecord | None:
 
 
 def _request_attributes(
-    settings: Settings, environ: WSGIEnvironment, method: str
+    environ: WSGIEnvironment,
+    method: str,
+    parse_agent: Callable[[str], tuple[str | None, str | None]] | None,
 ) -> dict[str, Any]:
     """What a recorded server span says of the request, besides method and path."""
     attributes: dict[str, Any] = {}
@@ -466,8 +490,8 @@ def _request_attributes(
     agent = environ.get("HTTP_USER_AGENT")
     if agent:
         attributes[user_agent_attributes.USER_AGENT_ORIGINAL] = agent
-        if settings.parse_user_agent:
-            browser, os_name = parse_user_agent(agent)
+        if parse_agent is not None:
+            browser, os_name = parse_agent(agent)
             if browser:
                 attributes[USER_AGENT_NAME] = browser
             if os_name:

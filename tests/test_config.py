@@ -62,7 +62,7 @@ def test_defaults_without_any_variable() -> None:
         consumer_callback=None,
         consumer_id_max_length=128,
         max_consumers=1000,
-        parse_user_agent=True,
+        parse_user_agent=False,
     )
 
 

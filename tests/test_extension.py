@@ -84,7 +84,7 @@ def test_server_span_has_route_status_sizes(app: Flask, span_exporter: InMemoryS
     assert attrs["url.path"] == "/users/7"
     assert attrs["url.query"] == "x=1"
     assert attrs["url.scheme"] == "http"
-    assert attrs["http.request.body.size"] == 0
+    assert "http.request.body.size" not in attrs, "a request without a body has no size"
     assert attrs["http.response.body.size"] == len(response.data)
     assert attrs["client.address"] == "127.0.0.1"
     assert "error.type" not in attrs
@@ -170,6 +170,31 @@ def test_request_body_sizes_with_and_without_content_length(
     sizes = [s.attributes["http.request.body.size"] for s in span_exporter.get_finished_spans()]
     assert sizes == [321, 999]
 
+
+
+def test_request_size_measured_only_for_requests_with_a_body(
+    app: Flask, metric_reader: InMemoryMetricReader
+) -> None:
+    client = app.test_client()
+    client.get("/users/1", buffered=True)
+    client.post("/echo", data=b"", buffered=True)
+    client.post("/echo", data=b"z" * 40, buffered=True)
+    (point,) = metric_points(metric_reader, "http.server.request.body.size")
+    assert (point.count, point.sum) == (1, 40), "bodiless requests are not sized"
+    responses = metric_points(metric_reader, "http.server.response.body.size")
+    assert sum(p.count for p in responses) == 3, "every response is sized"
+
+
+def test_exemplars_only_on_the_duration_and_only_for_sampled_spans(
+    app: Flask, metric_reader: InMemoryMetricReader, span_exporter: InMemorySpanExporter
+) -> None:
+    app.test_client().post("/echo", data=b"abc", buffered=True)
+    trace_id = only_span(span_exporter).get_span_context().trace_id
+    (duration,) = metric_points(metric_reader, "http.server.request.duration")
+    assert [e.trace_id for e in duration.exemplars] == [trace_id]
+    for name in ("http.server.request.body.size", "http.server.response.body.size"):
+        (point,) = metric_points(metric_reader, name)
+        assert not [e for e in point.exemplars if e.trace_id], name
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),

@@ -21,12 +21,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otel_flask_metrics import FlaskMetrics
 
 REQUESTS = 20
-# Per request: duration, request size and response size. Active requests are
-# observed at collection time, not recorded per request.
-SDK_MEASUREMENTS_PER_REQUEST = 3
+# Per GET: duration and response size; a request with a body also has its
+# size recorded. Active requests are observed at collection time, not
+# recorded per request.
+SDK_MEASUREMENTS_PER_GET = 2
+SDK_MEASUREMENTS_PER_POST = 3
+# Exemplar reservoir offers per sampled request: the duration only.
+EXEMPLAR_OFFERS_PER_REQUEST = 1
 # Per recorded span: the attributes at start_span, and one set_attributes at the end.
 ATTRIBUTE_PASSES_PER_SPAN = 1
-MAX_SPAN_ATTRIBUTES = 17  # a GET with a user agent, a referrer, a consumer and a query string
+MAX_SPAN_ATTRIBUTES = 14  # a GET with a user agent, a referrer, a consumer and a query string
 
 
 @pytest.fixture
@@ -48,6 +52,10 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     ):
         cls = getattr(sdk_instruments, cls_name)
         monkeypatch.setattr(cls, method, counting("measurement", getattr(cls, method)))
+    from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir
+
+    reservoir = exemplar_reservoir.AlignedHistogramBucketExemplarReservoir
+    monkeypatch.setattr(reservoir, "offer", counting("exemplar", reservoir.offer))
     for method in ("set_attributes", "set_attribute"):
         monkeypatch.setattr(SdkSpan, method, counting(method, getattr(SdkSpan, method)))
     return counted
@@ -71,7 +79,8 @@ def test_per_request_work_does_not_grow(
     for i in range(REQUESTS):
         assert client.get(f"/items/{i}?page=2", headers=headers, buffered=True).status_code == 200
 
-    assert calls["measurement"] == SDK_MEASUREMENTS_PER_REQUEST * REQUESTS
+    assert calls["measurement"] == SDK_MEASUREMENTS_PER_GET * REQUESTS
+    assert calls["exemplar"] == EXEMPLAR_OFFERS_PER_REQUEST * REQUESTS
     assert calls["set_attributes"] == ATTRIBUTE_PASSES_PER_SPAN * REQUESTS
     assert calls["set_attribute"] == 0
     spans = span_exporter.get_finished_spans()
@@ -91,5 +100,19 @@ def test_unsampled_requests_skip_all_span_work(
     client = app.test_client()
     for i in range(REQUESTS):
         client.get(f"/items/{i}", headers={"User-Agent": "curl/8"}, buffered=True)
-    assert calls["measurement"] == SDK_MEASUREMENTS_PER_REQUEST * REQUESTS, "metrics count every request"
+    assert calls["measurement"] == SDK_MEASUREMENTS_PER_GET * REQUESTS, "metrics count every request"
+    assert calls["exemplar"] == 0
     assert calls["set_attributes"] == 0
+
+
+def test_a_request_with_a_body_adds_only_its_size(
+    calls: Counter[str], tracer_provider: TracerProvider, meter_provider: MeterProvider
+) -> None:
+    app = Flask(__name__)
+    app.post("/items")(lambda: ({"ok": True}, 201))
+    FlaskMetrics(app, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    client = app.test_client()
+    for _ in range(REQUESTS):
+        assert client.post("/items", json={"n": 1}, buffered=True).status_code == 201
+    assert calls["measurement"] == SDK_MEASUREMENTS_PER_POST * REQUESTS
+    assert calls["exemplar"] == EXEMPLAR_OFFERS_PER_REQUEST * REQUESTS
