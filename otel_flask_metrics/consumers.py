@@ -82,9 +82,10 @@ class ConsumerResolver:
         self._header_raw = settings.consumer_header_raw
         key = settings.consumer_hash_key
         self._hash_key = key.encode() if key else DEFAULT_HASH_KEY
-        # Credentials repeat on every request of a consumer: an HMAC per
-        # request is avoidable. Bounded, and emptied when full.
+        # Credentials repeat on every request of a consumer: an HMAC (and a
+        # cleaned Consumer) per request is avoidable. Bounded, emptied when full.
         self._pseudonyms: dict[str, str] = {}
+        self._header_consumers: dict[str, Consumer | None] = {}
 
     def resolve(self, request: Any, *, use_callback: bool = True) -> Consumer | None:
         """The consumer of ``request``, or None when nothing identifies one.
@@ -122,9 +123,17 @@ class ConsumerResolver:
         return cached
 
     def _from_credential(self, value: str) -> Consumer | None:
+        cache = self._header_consumers
+        if value in cache:
+            return cache[value]
         if self._header_raw:
-            return self._consumer(value)
-        return self._consumer(self.pseudonym(value.strip()))
+            consumer = self._consumer(value)
+        else:
+            consumer = self._consumer(self.pseudonym(value.strip()))
+        if len(cache) >= _PSEUDONYM_CACHE_SIZE:
+            cache.clear()
+        cache[value] = consumer
+        return consumer
 
     def _from_identifier(self, identifier: Any) -> Consumer | None:
         # Apitally also accepts an object with identifier/name/group attributes.
