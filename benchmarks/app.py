@@ -130,9 +130,9 @@ VARIANT_ENV: dict[str, dict[str, str]] = {
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0.1",
     },
-    "ofm-no-ua": {
+    "ofm-ua": {
         "OTEL_FLASK_METRICS_CONSUMER_HEADER": "X-API-Key",
-        "OTEL_FLASK_METRICS_PARSE_USER_AGENT": "false",
+        "OTEL_FLASK_METRICS_PARSE_USER_AGENT": "true",
     },
     "pfe": {},
 }

@@ -15,7 +15,8 @@ OpenTelemetry providers never mix:
 ``ofm-full``        ``otel_flask_metrics.configure()`` + ``FlaskMetrics(app)``,
                     consumer header ``X-API-Key``, every request traced;
 ``ofm-production``  the same with ``parentbased_traceidratio`` at 10 %;
-``ofm-no-ua``       ``ofm-full`` with ``OTEL_FLASK_METRICS_PARSE_USER_AGENT=false``;
+``ofm-ua``          ``ofm-full`` with ``OTEL_FLASK_METRICS_PARSE_USER_AGENT=true``
+                    (browser and OS parsed in process, not by the Collector);
 ``pfe``             prometheus-flask-exporter's ``PrometheusMetrics(app)``
                     (metrics only, nothing exported; the scrape size is shown).
 
@@ -360,8 +361,11 @@ def _kib(n: float) -> str:
     return "0" if not n else f"{n / 1024:.1f}"
 
 
-def _volume(e: Mapping[str, Any]) -> tuple[str, str, str]:
+def _volume(e: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """Trace KiB per 1k requests, spans per request, metric KiB per export, and
+    all OTLP KiB (traces + metrics) per 1k requests: the figure target 5 compares."""
     traces = _kib(e["traces"]["bytes_per_1k_requests"])
+    total = _kib(e["traces"]["bytes_per_1k_requests"] + e["metrics"]["bytes_per_1k_requests"])
     spans = f"{e['spans_per_request']:.2f}"
     if e["metrics"]["exports"]:
         metrics = f"{e['metrics']['bytes_per_export'] / 1024:.1f}"
@@ -369,26 +373,26 @@ def _volume(e: Mapping[str, Any]) -> tuple[str, str, str]:
         metrics = f"({e['scrape_bytes'] / 1024:.1f} per scrape)"
     else:
         metrics = "0"
-    return traces, spans, metrics
+    return traces, spans, metrics, total
 
 
 def table_in_process(summary: Mapping[str, Any]) -> str:
     lines = [
         "| variant | added cost ÷ vanilla's | time ÷ bare | µs/request, median (min-max) "
         "| added µs vs bare | peak RSS MiB | RSS after MiB | trace KiB / 1k req | spans / req "
-        "| metrics KiB / export |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| metrics KiB / export | OTLP KiB / 1k req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for variant, s in summary.items():
         t = s["us_per_request"]
         added = s["added_us"]
-        traces, spans, metrics = _volume(s["export"])
+        traces, spans, metrics, total = _volume(s["export"])
         lines.append(
             f"| {variant} | {_x(s['added_vs_vanilla_added']) if variant != 'bare' else '—'} "
             f"| {_x(s['time_vs_bare'])} | {t['median']:.0f} ({t['min']:.0f}-{t['max']:.0f}) "
             f"| {'—' if added is None or variant == 'bare' else f'{added:+.0f}'} "
             f"| {_mib(s['peak_rss_kib'])} | {_mib(s['rss_after_kib'])} "
-            f"| {traces} | {spans} | {metrics} |"
+            f"| {traces} | {spans} | {metrics} | {total} |"
         )
     return "\n".join(lines)
 
@@ -397,13 +401,13 @@ def table_http(summary: Mapping[str, Any]) -> str:
     lines = [
         "| variant | req/s ÷ bare | req/s ÷ vanilla | added cost ÷ vanilla's "
         "| req/s, median (min-max) | added µs/req | p50 / p99 ms | worker RSS MiB (peak) "
-        "| trace KiB / 1k req | spans / req | metrics KiB / export |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| trace KiB / 1k req | spans / req | metrics KiB / export | OTLP KiB / 1k req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for variant, s in summary.items():
         r = s["rps"]
         added = s["added_us"]
-        traces, spans, metrics = _volume(s["export"])
+        traces, spans, metrics, total = _volume(s["export"])
         warn = f" ⚠ {s['errors']} errors" if s["errors"] else ""
         lines.append(
             f"| {variant}{warn} | {_x(s['rps_vs_bare'])} | {_x(s['rps_vs_vanilla'])} "
@@ -412,7 +416,7 @@ def table_http(summary: Mapping[str, Any]) -> str:
             f"| {'—' if added is None or variant == 'bare' else f'{added:+.0f}'} "
             f"| {s['p50_ms']:.2f} / {s['p99_ms']:.2f} "
             f"| {_mib(s['worker_rss_kib'])} ({_mib(s['worker_peak_rss_kib'])}) "
-            f"| {traces} | {spans} | {metrics} |"
+            f"| {traces} | {spans} | {metrics} | {total} |"
         )
     return "\n".join(lines)
 

@@ -41,7 +41,7 @@ ABLATIONS: Sequence[tuple[str, str, Mapping[str, str], Sequence[str]]] = (
     ("vanilla", "vanilla", {}, ()),
     ("ofm-full", "ofm-full", {}, ()),
     ("- redaction (pass-through patch)", "ofm-full", {}, ("--no-redaction",)),
-    ("- user-agent parsing", "ofm-full", {"OTEL_FLASK_METRICS_PARSE_USER_AGENT": "false"}, ()),
+    ("+ user-agent parsing in process", "ofm-full", {"OTEL_FLASK_METRICS_PARSE_USER_AGENT": "true"}, ()),
     ("- consumer header", "ofm-full", {"OTEL_FLASK_METRICS_CONSUMER_HEADER": ""}, ()),
     ("- span export (OTEL_TRACES_EXPORTER=none)", "ofm-full", {"OTEL_TRACES_EXPORTER": "none"}, ()),
     ("- metric readers (OTEL_METRICS_EXPORTER=none)", "ofm-full",
