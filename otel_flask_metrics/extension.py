@@ -329,6 +329,9 @@ class _RequestRecord:
         try:
             if span.is_recording():
                 span_attributes = dict(attributes)
+                # Set at start_span already: setting them again costs a
+                # validation each.
+                del span_attributes[_METHOD], span_attributes[_SCHEME]
                 if request_size:
                     span_attributes[HTTP_REQUEST_BODY_SIZE] = request_size
                 span_attributes[HTTP_RESPONSE_BODY_SIZE] = self.response_size
