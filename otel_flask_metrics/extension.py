@@ -95,12 +95,12 @@ _SCHEME = url_attributes.URL_SCHEME
 _ERROR_TYPE = error_attributes.ERROR_TYPE
 _PATH = url_attributes.URL_PATH
 
-# The methods the semantic conventions know; anything else is "_OTHER", so a
-# client cannot create series by inventing methods.
 # Metric records that must not carry an exemplar get this context: not empty
 # (the SDK would fall back to the current one), and without a span.
 _WITHOUT_SPAN = context.set_value("otel_flask_metrics.no_exemplar", True, context.Context())
 
+# The methods the semantic conventions know; anything else is "_OTHER", so a
+# client cannot create series by inventing methods.
 _KNOWN_METHODS = frozenset(
     ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY")
 )
