@@ -27,6 +27,7 @@ import requests
 
 from otel_flask_metrics.metrics import DURATION_BUCKETS
 from otel_flask_metrics.redaction import pseudonymize
+from tests.e2e.file_export import exported_spans, file_export_stack
 from tests.grafana import dashboard_queries as dq
 
 from stack import (  # type: ignore[import-not-found]
@@ -111,13 +112,7 @@ def send(base: str, requests_: list[Request]) -> None:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     work = tmp_path_factory.mktemp("stack")
-    export_dir = work / "collector-export"
-    export_dir.mkdir()
-    stack = LocalStack(
-        work / "run",
-        extra_collector_configs=[HERE / "collector-file-export.yaml"],
-        collector_env={"OTELCOL_FILE_EXPORT_DIR": str(export_dir)},
-    )
+    stack, export_dir = file_export_stack(work)
     stack.start()
     try:
         port = free_port()
@@ -274,26 +269,12 @@ def test_no_secret_reaches_any_label_or_exported_trace(running: RunningStack) ->
         assert secret not in exported, f"{secret!r} is in what the Collector exported"
 
 
-def _exported_spans(export_dir: Path) -> list[dict[str, Any]]:
-    spans = []
-    for line in (export_dir / "traces.jsonl").read_text().splitlines():
-        for resource_spans in json.loads(line).get("resourceSpans", []):
-            for scope_spans in resource_spans.get("scopeSpans", []):
-                for span in scope_spans.get("spans", []):
-                    span["attrs"] = {
-                        a["key"]: next(iter(a["value"].values()), None) for a in span.get("attributes", [])
-                    }
-                    spans.append(span)
-    return spans
-
-
 def test_traces_arrived_with_consumer_attributes(running: RunningStack) -> None:
     def traced() -> bool:
-        path = running.export_dir / "traces.jsonl"
-        return path.exists() and len(_exported_spans(running.export_dir)) >= running.total
+        return len(exported_spans(running.export_dir)) >= running.total
 
     wait_until(traced, 30, "every server span in the Collector's file export", 0.5)
-    spans = _exported_spans(running.export_dir)
+    spans = exported_spans(running.export_dir)
     assert len(spans) == running.total
     acme = [s for s in spans if s["attrs"].get("api.consumer.id") == "acme"]
     assert len(acme) == 10
@@ -400,5 +381,5 @@ def test_latency_exemplars_point_at_exported_traces(running: RunningStack) -> No
     }
     trace_ids.discard(None)
     assert trace_ids, "no exemplar with a trace_id reached Prometheus"
-    exported = {span["traceId"] for span in _exported_spans(running.export_dir)}
+    exported = {span["traceId"] for span in exported_spans(running.export_dir)}
     assert trace_ids <= exported, "every exemplar opens a trace the Collector exported"
