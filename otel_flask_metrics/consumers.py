@@ -97,12 +97,13 @@ class ConsumerResolver:
             consumer = self._from_callback(request)
             if consumer is not None:
                 return consumer
-        explicit = g.get(_G_ATTRIBUTE)
+        app_globals = g._get_current_object()  # one context lookup, not two
+        explicit = app_globals.get(_G_ATTRIBUTE)
         if explicit is not None:
             consumer = self._consumer(*explicit)
             if consumer is not None:
                 return consumer
-        identifier = g.get("consumer_identifier")
+        identifier = app_globals.get("consumer_identifier")
         if identifier is not None:
             consumer = self._from_identifier(identifier)
             if consumer is not None:

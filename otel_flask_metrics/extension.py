@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from timeit import default_timer
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, request
@@ -259,7 +259,7 @@ class _RequestRecord:
         self.span = span
         self.method = method
         self.scheme = scheme
-        self.start = default_timer()
+        self.start = perf_counter()
         self.request_size: int | None = None
         self.input: CapturingInput | None = None
         self.request_body: BodyPrefix | None = None
@@ -278,7 +278,7 @@ class _RequestRecord:
         if self.finished:
             return
         self.finished = True
-        duration = max(default_timer() - self.start, 0.0)
+        duration = max(perf_counter() - self.start, 0.0)
         state = self.state
         status_code = _status_code(self.status)
         error_type = _error_type(self.exception, status_code)
