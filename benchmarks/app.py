@@ -193,6 +193,16 @@ def _vanilla_providers() -> None:
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
 
 
+def flush_providers() -> None:
+    """Export what is queued now, so a measurement starts with empty queues."""
+    from opentelemetry import metrics, trace
+
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        flush = getattr(provider, "force_flush", None)
+        if flush is not None:
+            flush()
+
+
 def shutdown_providers() -> None:
     """Flush and stop whatever providers are set, so every export reaches the sink."""
     from opentelemetry import metrics, trace

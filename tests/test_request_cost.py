@@ -116,3 +116,27 @@ def test_a_request_with_a_body_adds_only_its_size(
         assert client.post("/items", json={"n": 1}, buffered=True).status_code == 201
     assert calls["measurement"] == SDK_MEASUREMENTS_PER_POST * REQUESTS
     assert calls["exemplar"] == EXEMPLAR_OFFERS_PER_REQUEST * REQUESTS
+
+
+def test_user_agent_parser_is_not_loaded_unless_asked_for() -> None:
+    """ua-parser's rules cost every worker memory; the bundled Collector parses instead."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        from flask import Flask
+        from opentelemetry.sdk.trace import TracerProvider
+        from otel_flask_metrics import FlaskMetrics
+        for parse in (False, True):
+            app = Flask("probe")
+            app.get("/")(lambda: "ok")
+            FlaskMetrics(app, tracer_provider=TracerProvider(), parse_user_agent=parse)
+            app.test_client().get("/", headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)"})
+            print(parse, "ua_parser" in sys.modules)
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["False", "False", "True", "True"], done.stdout + done.stderr
