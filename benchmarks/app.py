@@ -171,26 +171,16 @@ def build_app(variant: str) -> Flask:
 def _vanilla_providers() -> None:
     """What ``opentelemetry-instrument`` with opentelemetry-distro builds.
 
-    The SDK configurator (``_initialize_components``) makes one TracerProvider
-    with a BatchSpanProcessor per trace exporter and one MeterProvider with a
-    PeriodicExportingMetricReader per metric exporter; the exporters, sampler,
-    BSP sizes and export interval all come from ``OTEL_*`` variables.
+    opentelemetry-distro's configurator is the SDK's own ``_OTelSDKConfigurator``
+    unchanged, so it is called here: one TracerProvider with a
+    BatchSpanProcessor per trace exporter and one MeterProvider with a
+    PeriodicExportingMetricReader per metric exporter, the exporters, sampler,
+    BSP sizes and export interval all from ``OTEL_*`` variables, and the
+    modules it imports counted in the memory figures.
     """
-    from opentelemetry import metrics, trace
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
-    resource = Resource.create({"telemetry.auto.version": "bench"})
-    tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(tracer_provider)
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
-    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+    _OTelSDKConfigurator().configure(auto_instrumentation_version="bench")
 
 
 def flush_providers() -> None:
