@@ -34,6 +34,7 @@ alike; the median over rounds is reported with the min and max.
 from __future__ import annotations
 
 import argparse
+import compileall
 import importlib.metadata
 import json
 import os
@@ -239,7 +240,9 @@ def run_http(
     return {
         "variant": variant,
         "rps": result["requests"] / (result["duration_us"] / 1e6),
-        "cpu_us_per_request": cpu / result["requests"] * 1e6 if cpu and result["requests"] else None,
+        "cpu_us_per_request": (
+            cpu / result["requests"] * 1e6 if cpu and result["requests"] else None
+        ),
         "p50_ms": result["p50_us"] / 1000,
         "p99_ms": result["p99_us"] / 1000,
         "errors": errors,
@@ -431,7 +434,8 @@ def table_in_process(summary: Mapping[str, Any]) -> str:
         "| time ÷ bare | µs/request, median (min-max) "
         "| added µs vs bare | peak RSS MiB | RSS after MiB | trace KiB / 1k req | spans / req "
         "| metrics KiB / export | OTLP KiB / 1k req |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for variant, s in summary.items():
         t = s["us_per_request"]
@@ -511,6 +515,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, help="override in-process requests per round")
     parser.add_argument("--wrk-seconds", type=int, help="override wrk seconds per round")
     args = parser.parse_args(argv)
+
+    # A wheel install leaves bytecode next to the package, as the other
+    # variants' site-packages have it. A source checkout run with
+    # PYTHONDONTWRITEBYTECODE would compile every module in every worker
+    # instead: slower imports, and about 2 MiB of compiler memory in the RSS.
+    import otel_flask_metrics
+
+    compileall.compile_dir(Path(otel_flask_metrics.__file__).parent, quiet=1)
 
     cfg = dict(PROFILES["quick" if args.quick else "full"])
     if args.rounds:
