@@ -312,26 +312,33 @@ def _export_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _cpu_summary(runs: Mapping[str, list[dict[str, Any]]], variant: str) -> dict[str, Any]:
     """CPU µs per request (all threads of the measured process) and its ratios.
 
-    ``capacity_vs_bare`` is bare's CPU per request over this variant's: the
-    share of bare Flask's throughput a fully busy core would keep. Unlike req/s
-    it is not moved by what else the machine runs, so it is the steadier
-    figure for the targets; req/s is shown beside it.
+    The ratios are paired: each round's variant is compared with the bare and
+    vanilla runs of the same round (minutes apart at most), and the median of
+    those per-round ratios is reported, so a slow stretch of a shared machine
+    moves numerator and denominator together. ``capacity_vs_bare`` is bare's
+    CPU per request over this variant's: the share of bare Flask's throughput a
+    fully busy core keeps.
     """
 
-    def cpu(v: str) -> float | None:
-        values = [r["cpu_us_per_request"] for r in runs.get(v, ()) if r.get("cpu_us_per_request")]
-        return statistics.median(values) if values else None
+    def cpu(v: str) -> list[float | None]:
+        return [r.get("cpu_us_per_request") for r in runs.get(v, ())]
 
     mine, bare, vanilla = cpu(variant), cpu("bare"), cpu("vanilla")
-    added = mine - bare if mine is not None and bare is not None else None
-    vanilla_added = vanilla - bare if vanilla is not None and bare is not None else None
+    capacity = [b / m for m, b in zip(mine, bare, strict=False) if m and b]
+    added = [
+        (m - b) / (v - b)
+        for m, b, v in zip(mine, bare, vanilla, strict=False)
+        if m and b and v and v != b
+    ]
+    measured = [m for m in mine if m]
     return {
-        "cpu_us_per_request": mine,
-        "cpu_added_us": added,
-        "cpu_added_vs_vanilla_added": (
-            added / vanilla_added if added is not None and vanilla_added else None
+        "cpu_us_per_request": statistics.median(measured) if measured else None,
+        "cpu_added_us": (
+            statistics.median(m - b for m, b in zip(mine, bare, strict=False) if m and b)
+            if measured and any(bare) else None
         ),
-        "capacity_vs_bare": bare / mine if mine and bare else None,
+        "cpu_added_vs_vanilla_added": statistics.median(added) if added else None,
+        "capacity_vs_bare": statistics.median(capacity) if capacity else None,
     }
 
 
@@ -581,7 +588,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "\n*added cost ÷ vanilla's*: (variant - bare) ÷ (vanilla - bare) per request; "
         "below 1x is cheaper than the stock OpenTelemetry Flask setup. "
         "*CPU* columns count every thread of the measured process (export included); "
-        "*capacity ÷ bare* is bare's CPU per request over the variant's. "
+        "*capacity ÷ bare* is bare's CPU per request over the variant's; CPU ratios are "
+        "medians of per-round ratios (each round's bare and vanilla runs are minutes "
+        "apart at most). "
         "Metrics are exported every 5 s, so their volume is per export, not per request; "
         "pfe exports nothing (its /metrics scrape size is shown)."
     )
