@@ -54,6 +54,34 @@ def test_distro_sets_defaults_without_overriding_the_user(monkeypatch: pytest.Mo
     assert os.environ["OTEL_LOGS_EXPORTER"] == "none"
     assert os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] == "http"
     assert os.environ["OTEL_PYTHON_CONFIGURATOR"] == "otel_flask_metrics"
+    assert os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] == "256"
+
+
+@pytest.mark.parametrize(
+    ("queue", "batch_set_by_user", "expected_batch"),
+    [
+        ("100", None, "100"),  # our default would exceed the user's queue
+        ("4096", None, "256"),
+        ("100", "50", "50"),  # the user's own choice is never touched
+        ("not-a-number", None, "256"),  # the SDK reports that variable itself
+    ],
+)
+def test_batch_size_default_fits_the_users_queue(
+    monkeypatch: pytest.MonkeyPatch, queue: str, batch_set_by_user: str | None, expected_batch: str
+) -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    for name in ENVIRONMENT_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", queue)
+    if batch_set_by_user is not None:
+        monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", batch_set_by_user)
+    FlaskMetricsDistro().configure()
+    assert os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] == expected_batch
+    if queue.isdigit():
+        # The SDK accepts what we leave it (it refuses a batch over the queue).
+        BatchSpanProcessor(InMemorySpanExporter()).shutdown()
 
 
 def test_disabled_distro_sets_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
