@@ -40,7 +40,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
@@ -914,31 +914,13 @@ def redact_span(span: ReadableSpan, r: Redactor) -> ReadableSpan:
         attributes = _bounded(new_attrs, span.dropped_attributes)
         changed = True
 
-    new_events: list[Event] = []
-    events_changed = False
-    for event in span.events:
-        ev_attrs = r.redact_attributes(event.attributes)
-        if ev_attrs is None:
-            new_events.append(event)
-        else:
-            events_changed = True
-            new_events.append(
-                Event(event.name, _bounded(ev_attrs, event.dropped_attributes), event.timestamp)
-            )
-    changed = changed or events_changed
-
-    new_links: list[trace_api.Link] = []
-    links_changed = False
-    for link in span.links:
-        ln_attrs = r.redact_attributes(link.attributes)
-        if ln_attrs is None:
-            new_links.append(link)
-        else:
-            links_changed = True
-            new_links.append(
-                trace_api.Link(link.context, _bounded(ln_attrs, link.dropped_attributes))
-            )
-    changed = changed or links_changed
+    new_events, events_changed = _redact_items(
+        span.events, r, lambda event, attrs: Event(event.name, attrs, event.timestamp)
+    )
+    new_links, links_changed = _redact_items(
+        span.links, r, lambda link, attrs: trace_api.Link(link.context, attrs)
+    )
+    changed = changed or events_changed or links_changed
 
     status = span.status
     if status.description:
@@ -1003,6 +985,23 @@ class RedactingSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._exporter.force_flush(timeout_millis)
+
+
+def _redact_items(
+    items: Sequence[Any], r: Redactor, rebuild: Callable[[Any, Mapping[str, AttributeValue]], Any]
+) -> tuple[list[Any], bool]:
+    """Events or links with redacted attributes: each one kept as it is when
+    nothing in it changed, else rebuilt (keeping its dropped-attribute count)."""
+    out: list[Any] = []
+    changed = False
+    for item in items:
+        attrs = r.redact_attributes(item.attributes)
+        if attrs is None:
+            out.append(item)
+        else:
+            changed = True
+            out.append(rebuild(item, _bounded(attrs, item.dropped_attributes)))
+    return out, changed
 
 
 def _bounded_list(items: list[Any], dropped: int) -> Sequence[Any]:
