@@ -429,6 +429,20 @@ def _volume(e: Mapping[str, Any]) -> tuple[str, str, str, str]:
     return traces, spans, metrics, total
 
 
+# The columns of _volume(), last in both tables.
+_VOLUME_COLUMNS = (
+    "trace KiB / 1k req", "spans / req", "metrics KiB / export", "OTLP KiB / 1k req",
+)
+
+
+def _header(*columns: str) -> list[str]:
+    """A Markdown table's header: the variant column, then ``columns`` right-aligned."""
+    return [
+        "| variant | " + " | ".join(columns) + " |",
+        "| --- |" + " ---: |" * len(columns),
+    ]
+
+
 def _cpu_cells(s: Mapping[str, Any], variant: str) -> str:
     ratio = "—" if variant == "bare" else _x(s["cpu_added_vs_vanilla_added"])
     cpu = s["cpu_us_per_request"]
@@ -436,14 +450,11 @@ def _cpu_cells(s: Mapping[str, Any], variant: str) -> str:
 
 
 def table_in_process(summary: Mapping[str, Any]) -> str:
-    lines = [
-        "| variant | added CPU ÷ vanilla's | CPU µs/request | added cost ÷ vanilla's (wall) "
-        "| time ÷ bare | µs/request, median (min-max) "
-        "| added µs vs bare | peak RSS MiB | RSS after MiB | trace KiB / 1k req | spans / req "
-        "| metrics KiB / export | OTLP KiB / 1k req |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
-    ]
+    lines = _header(
+        "added CPU ÷ vanilla's", "CPU µs/request", "added cost ÷ vanilla's (wall)",
+        "time ÷ bare", "µs/request, median (min-max)", "added µs vs bare", "peak RSS MiB",
+        "RSS after MiB", *_VOLUME_COLUMNS,
+    )
     for variant, s in summary.items():
         t = s["us_per_request"]
         added = s["added_us"]
@@ -460,14 +471,12 @@ def table_in_process(summary: Mapping[str, Any]) -> str:
 
 
 def table_http(summary: Mapping[str, Any]) -> str:
-    lines = [
-        "| variant | capacity ÷ bare (CPU) | added CPU ÷ vanilla's | worker CPU µs/request "
-        "| req/s ÷ bare | req/s ÷ vanilla | added cost ÷ vanilla's (req/s) "
-        "| req/s, median (min-max) | added µs/req | p50 / p99 ms | worker RSS MiB (peak) "
-        "| trace KiB / 1k req | spans / req | metrics KiB / export | OTLP KiB / 1k req |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: |",
-    ]
+    lines = _header(
+        "capacity ÷ bare (CPU)", "added CPU ÷ vanilla's", "worker CPU µs/request",
+        "req/s ÷ bare", "req/s ÷ vanilla", "added cost ÷ vanilla's (req/s)",
+        "req/s, median (min-max)", "added µs/req", "p50 / p99 ms", "worker RSS MiB (peak)",
+        *_VOLUME_COLUMNS,
+    )
     for variant, s in summary.items():
         r = s["rps"]
         added = s["added_us"]
