@@ -203,23 +203,25 @@ class _AppState:
 
     def on_teardown(self, exc: BaseException | None) -> None:
         """After the view: route, consumer and the app's unhandled exception."""
-        record: _RequestRecord | None = request.environ.get(_ENVIRON_KEY)
+        # The request itself, not the proxy: each proxy attribute is a
+        # context lookup, and this runs on every request.
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        record: _RequestRecord | None = req.environ.get(_ENVIRON_KEY)
         if record is None:
             return
         try:
-            rule = request.url_rule
+            rule = req.url_rule
             if rule is not None:
                 record.route = rule.rule
             if exc is not None:
                 record.exception = exc
             skip = self.settings.skip_callback
-            if skip is not None and _asks_to_skip(skip, request):
+            if skip is not None and _asks_to_skip(skip, req):
                 record.private = True
                 return
-            record.consumer = self.consumers.resolve(request)
+            record.consumer = self.consumers.resolve(req)
         except Exception:
             _logger.debug("otel-flask-metrics: teardown failed", exc_info=True)
-
 
 
 class _RequestRecord:
@@ -278,35 +280,40 @@ class _RequestRecord:
         if self.finished:
             return
         self.finished = True
-        duration = max(perf_counter() - self.start, 0.0)
-        state = self.state
-        status_code = _status_code(self.status)
-        error_type = _error_type(self.exception, status_code)
-        request_size = self.request_size
-        if request_size is None:
-            request_size = self.input.count if self.input is not None else 0
-
-        attributes: dict[str, Any] = {_METHOD: self.method, _SCHEME: self.scheme}
-        if status_code:
-            attributes[_STATUS] = status_code
-        if self.route is not None:
-            attributes[_ROUTE] = self.route
-        if error_type is not None:
-            attributes[_ERROR_TYPE] = error_type
-        consumer = self.consumer
-        if consumer is not None:
-            attributes[API_CONSUMER_ID] = state.consumer_labels.label(consumer.id)
-            if consumer.group is not None:
-                attributes[API_CONSUMER_GROUP] = state.group_labels.label(consumer.group)
-
+        span = self.span
+        attributes: dict[str, Any] | None = None
+        request_size = 0
+        error_type: str | None = None
         try:
+            duration = max(perf_counter() - self.start, 0.0)
+            state = self.state
+            status_code = _status_code(self.status)
+            if self.exception is not None or status_code >= 500:
+                error_type = _error_type(self.exception, status_code)
+            request_size = self.request_size if self.request_size is not None else (
+                self.input.count if self.input is not None else 0
+            )
+
+            attributes = {_METHOD: self.method, _SCHEME: self.scheme}
+            if status_code:
+                attributes[_STATUS] = status_code
+            if self.route is not None:
+                attributes[_ROUTE] = self.route
+            if error_type is not None:
+                attributes[_ERROR_TYPE] = error_type
+            consumer = self.consumer
+            if consumer is not None:
+                attributes[API_CONSUMER_ID] = state.consumer_labels.label(consumer.id)
+                if consumer.group is not None:
+                    attributes[API_CONSUMER_GROUP] = state.group_labels.label(consumer.group)
+
             instruments = state.instruments
             # Exemplars link the latency histogram to sampled traces. The body
             # may end after the request's context was detached, so the span's
             # context is passed. The size histograms get a context without a
             # span: an exemplar there is not worth an offer on every request.
-            if self.span.get_span_context().trace_flags.sampled:
-                exemplar_context = trace.set_span_in_context(self.span)
+            if span.get_span_context().trace_flags.sampled:
+                exemplar_context = trace.set_span_in_context(span)
             else:
                 exemplar_context = _WITHOUT_SPAN
             instruments.duration.record(duration, attributes, exemplar_context)
@@ -315,49 +322,53 @@ class _RequestRecord:
             if request_size:
                 instruments.request_body_size.record(request_size, attributes, _WITHOUT_SPAN)
             instruments.response_body_size.record(self.response_size, attributes, _WITHOUT_SPAN)
-            instruments.active_requests.add(self.method, self.scheme, -1)
         finally:
-            # Whatever happened to the metrics, the span is ended.
-            self._end_span(attributes, request_size, error_type)
+            # Whatever happened above, the request leaves the in-flight count
+            # and its span is ended.
+            self.state.instruments.active_requests.end(self)
+            if attributes is not None and span.is_recording():
+                self._end_span(attributes, request_size, error_type)
+            else:
+                span.end()
             # environ -> record -> environ: break the cycle for the collector.
             self.environ.pop(_ENVIRON_KEY, None)
 
     def _end_span(
         self, attributes: dict[str, Any], request_size: int, error_type: str | None
     ) -> None:
+        """Everything a recorded span says beyond its metric attributes, then end it."""
         span = self.span
         try:
-            if span.is_recording():
-                span_attributes = dict(attributes)
-                # Set at start_span already: setting them again costs a
-                # validation each.
-                del span_attributes[_METHOD], span_attributes[_SCHEME]
-                if request_size:
-                    span_attributes[HTTP_REQUEST_BODY_SIZE] = request_size
-                span_attributes[HTTP_RESPONSE_BODY_SIZE] = self.response_size
-                if not self.private:
-                    try:
-                        self._add_details(span_attributes)
-                    except Exception:
-                        # Details are best effort; the span keeps its core.
-                        _logger.debug("otel-flask-metrics: request details failed", exc_info=True)
-                consumer = self.consumer
-                if consumer is not None:
-                    span_attributes[API_CONSUMER_ID] = consumer.id
-                    if consumer.group is not None:
-                        span_attributes[API_CONSUMER_GROUP] = consumer.group
-                    if consumer.name is not None:
-                        span_attributes[API_CONSUMER_NAME] = consumer.name
-                content_type = _header(self.response_headers, "content-type")
-                if content_type is not None:
-                    span_attributes[HTTP_RESPONSE_CONTENT_TYPE] = (content_type,)
-                span.set_attributes(span_attributes)
-                if self.route is not None:
-                    span.update_name(f"{self.method} {self.route}")
-                if self.exception is not None:
-                    span.record_exception(self.exception)
-                if error_type is not None:
-                    span.set_status(Status(StatusCode.ERROR, error_type))
+            span_attributes = dict(attributes)
+            # Set at start_span already: setting them again costs a
+            # validation each.
+            del span_attributes[_METHOD], span_attributes[_SCHEME]
+            if request_size:
+                span_attributes[HTTP_REQUEST_BODY_SIZE] = request_size
+            span_attributes[HTTP_RESPONSE_BODY_SIZE] = self.response_size
+            if not self.private:
+                try:
+                    self._add_details(span_attributes)
+                except Exception:
+                    # Details are best effort; the span keeps its core.
+                    _logger.debug("otel-flask-metrics: request details failed", exc_info=True)
+            consumer = self.consumer
+            if consumer is not None:
+                span_attributes[API_CONSUMER_ID] = consumer.id
+                if consumer.group is not None:
+                    span_attributes[API_CONSUMER_GROUP] = consumer.group
+                if consumer.name is not None:
+                    span_attributes[API_CONSUMER_NAME] = consumer.name
+            content_type = _header(self.response_headers, "content-type")
+            if content_type is not None:
+                span_attributes[HTTP_RESPONSE_CONTENT_TYPE] = (content_type,)
+            span.set_attributes(span_attributes)
+            if self.route is not None:
+                span.update_name(f"{self.method} {self.route}")
+            if self.exception is not None:
+                span.record_exception(self.exception)
+            if error_type is not None:
+                span.set_status(Status(StatusCode.ERROR, error_type))
         finally:
             span.end()
 
@@ -462,7 +473,7 @@ def _begin(state: _AppState, environ: WSGIEnvironment) -> _RequestRecord | None:
             record.input = CapturingInput(stream, record.request_body)
             environ["wsgi.input"] = record.input
     environ[_ENVIRON_KEY] = record
-    state.instruments.active_requests.add(method, scheme, 1)
+    state.instruments.active_requests.start(record, method, scheme)
     return record
 
 

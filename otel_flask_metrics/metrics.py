@@ -8,7 +8,6 @@ distro really emits, instead of against a second hand-kept list.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -137,25 +136,36 @@ class ActiveRequests:
     """Requests in flight per method and scheme, observed at collection time.
 
     An observable instrument instead of an up-down counter: two SDK
-    measurements per request (``add(1)``, ``add(-1)``) become two integer
-    updates, and the SDK reads the totals once per export.
+    measurements per request (``add(1)``, ``add(-1)``) become two dictionary
+    operations. Each is a single C call, atomic under the GIL (and locked per
+    dict in free-threaded builds), so the request path takes no lock and makes
+    no Python call; the counting is done once per export.
     """
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
+        #: Every request in flight (any hashable token) -> its (method, scheme).
+        self.in_flight: dict[object, tuple[str, str]] = {}
+        #: Every (method, scheme) ever seen, so an idle one is reported as 0
+        #: instead of disappearing from the series.
+        self.seen: set[tuple[str, str]] = set()
 
-    def add(self, method: str, scheme: str, delta: int) -> None:
+    def start(self, token: object, method: str, scheme: str) -> None:
         key = (method, scheme)
-        with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + delta
+        self.seen.add(key)
+        self.in_flight[token] = key
+
+    def end(self, token: object) -> None:
+        self.in_flight.pop(token, None)
 
     def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            counts = list(self._counts.items())
+        # Copies first: each is one C call, so no request can change them
+        # mid-iteration.
+        counts = dict.fromkeys(self.seen.copy(), 0)
+        for key in list(self.in_flight.values()):
+            counts[key] = counts.get(key, 0) + 1
         return [
             Observation(value, {_METHOD: method, _SCHEME: scheme})
-            for (method, scheme), value in counts
+            for (method, scheme), value in counts.items()
         ]
 
 
