@@ -54,6 +54,7 @@ from opentelemetry.semconv.attributes import (
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider, get_tracer
 from opentelemetry.util.http import get_excluded_urls
 
+from . import fast_attributes
 from .capture import (
     REQUEST_BODY,
     RESPONSE_BODY,
@@ -181,6 +182,8 @@ class _AppState:
     ) -> None:
         self.settings = settings
         self.automatic = automatic
+        if settings.sdk_fast_path:
+            fast_attributes.install()
         self.tracer = get_tracer(__name__, __version__, tracer_provider, schema_url=_SCHEMA_URL)
         meter = get_meter(__name__, __version__, meter_provider, schema_url=_SCHEMA_URL)
         self.instruments = HttpServerInstruments.create(meter)

@@ -375,6 +375,7 @@ def test_a_failure_inside_our_code_never_reaches_the_app(
     response = app.test_client().get("/users/3", buffered=True)
     assert (response.status_code, response.json) == (200, {"id": 3})
     assert len(span_exporter.get_finished_spans()) == 1, "the span still ends"
+    assert not state.instruments.active_requests.in_flight, "and the request is no longer in flight"
 
 
 def test_a_failure_before_the_request_falls_back_to_the_bare_app(

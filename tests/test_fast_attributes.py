@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from opentelemetry.attributes import _clean_attribute_value
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics._internal import _view_instrument_match, measurement
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from otel_flask_metrics import FlaskMetrics, fast_attributes
+from otel_flask_metrics.fast_attributes import flat_clean, flat_hash
+
+SDK_HASH = _view_instrument_match._hash_attributes
+
+
+class Plan(enum.IntEnum):
+    FREE = 0
+
+
+class Tier(str, enum.Enum):
+    GOLD = "gold"
+
+
+@pytest.fixture
+def sdk_functions() -> Iterator[None]:
+    """Each test starts from the SDK's own functions and leaves them as it found them."""
+    was_installed = fast_attributes.is_installed()
+    fast_attributes.uninstall()
+    yield
+    fast_attributes.uninstall()
+    if was_installed:
+        fast_attributes.install()
+
+
+def _values(rng: random.Random) -> Any:
+    return rng.choice(
+        [
+            "GET", "", "é/ü", 0, 1, 200, -3, 1.0, 0.5, float("inf"), True, False,
+            None, b"bytes", ("a", "b"), [1, 2], (True, 1, 1.0), Plan.FREE, Tier.GOLD,
+            {"nested": "map"},
+        ]
+    )
+
+
+def _attribute_dicts() -> list[dict[Any, Any]]:
+    rng = random.Random(7)
+    keys = ["http.request.method", "url.scheme", "http.route", "a", "b", "Z", "é", ""]
+    dicts: list[dict[Any, Any]] = [{}, {1: "int key"}, {"a": 1, 2: "mixed keys"}]
+    for _ in range(500):
+        picked = rng.sample(keys, rng.randint(1, 6))
+        dicts.append({k: _values(rng) for k in picked})
+        # The common shape, in random key order.
+        flat = {k: rng.choice(["GET", 200, 1.5, True]) for k in picked if k}
+        dicts.append(dict(rng.sample(list(flat.items()), len(flat))))
+    return dicts
+
+
+def test_fast_hash_equals_the_sdks() -> None:
+    fast = flat_hash(SDK_HASH)
+    for attributes in _attribute_dicts():
+        try:
+            expected = SDK_HASH(dict(attributes))
+        except TypeError:  # what the SDK cannot hash, the fast path must not either
+            with pytest.raises(TypeError):
+                fast(dict(attributes))
+            continue
+        assert fast(dict(attributes)) == expected, attributes
+
+
+@pytest.mark.parametrize("max_length", [None, 2])
+def test_fast_clean_equals_the_sdks(max_length: int | None) -> None:
+    fast = flat_clean(_clean_attribute_value)
+    for attributes in _attribute_dicts():
+        expected = _clean_attribute_value(attributes, max_length)
+        cleaned = fast(attributes, max_length)
+        assert cleaned == expected, attributes
+        assert list(cleaned) == list(expected), ("same key order", attributes)
+        assert cleaned is not attributes, "a copy, as the SDK makes"
+
+
+def test_bool_int_and_float_keep_separate_keys() -> None:
+    fast = flat_hash(SDK_HASH)
+    assert len({fast({"a": True}), fast({"a": 1}), fast({"a": 1.0})}) == 3
+
+
+def test_install_replaces_and_uninstall_restores(sdk_functions: None) -> None:
+    assert fast_attributes.install()
+    assert fast_attributes.install(), "idempotent"
+    assert _view_instrument_match._hash_attributes is not SDK_HASH
+    assert measurement._clean_attribute_value is not _clean_attribute_value
+    fast_attributes.uninstall()
+    assert _view_instrument_match._hash_attributes is SDK_HASH
+    assert measurement._clean_attribute_value is _clean_attribute_value
+
+
+def test_an_sdk_with_another_key_format_is_left_alone(
+    sdk_functions: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def other_format(value: Any) -> Any:
+        return frozenset(value.items()) if isinstance(value, dict) else value
+
+    monkeypatch.setattr(_view_instrument_match, "_hash_attributes", other_format)
+    assert not fast_attributes.install()
+    assert _view_instrument_match._hash_attributes is other_format
+    assert measurement._clean_attribute_value is _clean_attribute_value
+
+
+def _points(fast: bool) -> list[tuple[Any, ...]]:
+    if fast:
+        fast_attributes.install()
+    else:
+        fast_attributes.uninstall()
+    reader = InMemoryMetricReader()
+    histogram = MeterProvider(metric_readers=[reader]).get_meter("t").create_histogram("h")
+    rng = random.Random(3)
+    for _ in range(300):
+        attributes = {"method": rng.choice(["GET", "POST"]), "status": rng.choice([200, 404])}
+        if rng.random() < 0.3:
+            attributes["flag"] = rng.choice([True, 1, 1.0, ("x",), Plan.FREE])
+        histogram.record(rng.random(), dict(rng.sample(list(attributes.items()), len(attributes))))
+    data = reader.get_metrics_data()
+    assert data is not None
+    (metric,) = data.resource_metrics[0].scope_metrics[0].metrics
+    return sorted(
+        (tuple(sorted((k, repr(v)) for k, v in p.attributes.items())), p.count, p.sum,
+         tuple(p.bucket_counts))
+        for p in metric.data.data_points
+    )
+
+
+def test_the_sdk_aggregates_exactly_the_same_with_the_fast_path(sdk_functions: None) -> None:
+    assert _points(fast=True) == _points(fast=False)
+
+
+def test_the_extension_installs_it_unless_turned_off(
+    sdk_functions: None, meter_provider: MeterProvider
+) -> None:
+    FlaskMetrics(Flask("off"), meter_provider=meter_provider, sdk_fast_path=False)
+    assert not fast_attributes.is_installed()
+    FlaskMetrics(Flask("on"), meter_provider=meter_provider)
+    assert fast_attributes.is_installed()
