@@ -140,3 +140,46 @@ def test_user_agent_parser_is_not_loaded_unless_asked_for() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["False", "False", "True", "True"], done.stdout + done.stderr
+
+
+def test_metric_attributes_take_the_fast_path(
+    monkeypatch: pytest.MonkeyPatch, tracer_provider: TracerProvider, meter_provider: MeterProvider
+) -> None:
+    """Our records never reach the SDK's general attribute cleaning and hashing."""
+    from opentelemetry.sdk.metrics._internal import _view_instrument_match, measurement
+
+    from otel_flask_metrics import fast_attributes
+
+    general: Counter[str] = Counter()
+
+    def counting(name: str, original: Any) -> Any:
+        def wrapper(*args: Any) -> Any:
+            general[name] += 1
+            return original(*args)
+
+        return wrapper
+
+    fast_attributes.uninstall()
+    monkeypatch.setattr(
+        _view_instrument_match, "_hash_attributes",
+        counting("hash", _view_instrument_match._hash_attributes),
+    )
+    monkeypatch.setattr(
+        measurement, "_clean_attribute_value",
+        counting("clean", measurement._clean_attribute_value),
+    )
+    app = Flask(__name__)
+    app.get("/items/<int:item_id>")(lambda item_id: {"id": item_id})
+    try:
+        FlaskMetrics(
+            app, tracer_provider=tracer_provider, meter_provider=meter_provider,
+            consumer_header="X-API-Key",
+        )
+        assert fast_attributes.is_installed()
+        general.clear()  # the startup check compares with the general path
+        client = app.test_client()
+        for i in range(REQUESTS):
+            client.get(f"/items/{i}", headers={"X-API-Key": "key-1"}, buffered=True)
+        assert general == {}
+    finally:
+        fast_attributes.uninstall()  # before monkeypatch restores the SDK's functions
