@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 
+from . import fast_attributes
 from .config import OPTIONS, ConfigProblem, resolve_settings
 from .distro import DISTRO_NAME, ENVIRONMENT_DEFAULTS, load_exporters
 from .version import __version__
@@ -72,6 +73,16 @@ def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> 
         print(
             "note: OTEL_FLASK_METRICS_CONSUMER_HASH_KEY is not set; consumer pseudonyms use "
             "a public key"
+        )
+
+    if not settings.sdk_fast_path:
+        print("SDK fast path: off; metric attributes take the SDK's general path")
+    elif fast_attributes.available():
+        print("SDK fast path: available for this SDK")
+    else:
+        print(
+            "note: SDK fast path: this SDK's attribute handling is not the one it was "
+            "checked against; the SDK's general path is used"
         )
 
     endpoint_ok = True

@@ -54,33 +54,48 @@ def install() -> bool:
     with _lock:
         if _installed:
             return True
-        try:
-            from opentelemetry.sdk.metrics._internal import _view_instrument_match, measurement
-        except ImportError:
+        plan = _plan()
+        if plan is None:
             return False
-        original_hash = getattr(_view_instrument_match, "_hash_attributes", None)
-        original_clean = getattr(measurement, "_clean_attribute_value", None)
-        if not callable(original_hash) or not callable(original_clean):
-            _logger.debug("otel-flask-metrics: this SDK has no attribute hashing to speed up")
-            return False
-        fast_hash = flat_hash(original_hash)
-        fast_clean = flat_clean(original_clean)
-        try:
-            agrees = all(
-                fast_hash(dict(p)) == original_hash(dict(p))
-                and fast_clean(p, None) == original_clean(p, None)
-                for p in _PROBES
-            )
-        except Exception:
-            agrees = False
-        if not agrees:
-            _logger.debug("otel-flask-metrics: the SDK's attribute handling changed; keeping it")
-            return False
-        _installed["hash"] = (_view_instrument_match, "_hash_attributes", original_hash)
-        _installed["clean"] = (measurement, "_clean_attribute_value", original_clean)
-        setattr(_view_instrument_match, "_hash_attributes", fast_hash)  # noqa: B010
-        setattr(measurement, "_clean_attribute_value", fast_clean)  # noqa: B010
+        for key, (module, name, original, fast) in plan.items():
+            _installed[key] = (module, name, original)
+            setattr(module, name, fast)
         return True
+
+
+def available() -> bool:
+    """Whether this SDK can take the fast path (checked, nothing changed)."""
+    return bool(_installed) or _plan() is not None
+
+
+def _plan() -> dict[str, tuple[ModuleType, str, Callable[..., Any], Callable[..., Any]]] | None:
+    """The two replacements, or None when the SDK is not the one they were checked on."""
+    try:
+        from opentelemetry.sdk.metrics._internal import _view_instrument_match, measurement
+    except ImportError:
+        return None
+    original_hash = getattr(_view_instrument_match, "_hash_attributes", None)
+    original_clean = getattr(measurement, "_clean_attribute_value", None)
+    if not callable(original_hash) or not callable(original_clean):
+        _logger.debug("otel-flask-metrics: this SDK has no attribute hashing to speed up")
+        return None
+    fast_hash = flat_hash(original_hash)
+    fast_clean = flat_clean(original_clean)
+    try:
+        agrees = all(
+            fast_hash(dict(p)) == original_hash(dict(p))
+            and fast_clean(p, None) == original_clean(p, None)
+            for p in _PROBES
+        )
+    except Exception:
+        agrees = False
+    if not agrees:
+        _logger.debug("otel-flask-metrics: the SDK's attribute handling changed; keeping it")
+        return None
+    return {
+        "hash": (_view_instrument_match, "_hash_attributes", original_hash, fast_hash),
+        "clean": (measurement, "_clean_attribute_value", original_clean, fast_clean),
+    }
 
 
 def uninstall() -> None:

@@ -472,3 +472,38 @@ def test_console_script_exits_1_on_a_bad_variable(collector: Collector) -> None:
         f"did you mean {PREFIX}CONSUMER_HEADER?"
     ) in completed.stdout
     assert "1 problem(s):" in completed.stdout
+
+
+# --- the SDK fast path -----------------------------------------------------------------
+
+
+def test_fast_path_availability_is_reported(
+    capsys: pytest.CaptureFixture[str], collector: Collector
+) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url}
+    code, output = check(capsys, env)
+    assert code == 0, output
+    assert "SDK fast path: available for this SDK" in output.splitlines()
+    code, output = check(capsys, {**env, f"{PREFIX}SDK_FAST_PATH": "false"})
+    assert code == 0, output
+    assert "SDK fast path: off; metric attributes take the SDK's general path" in output
+
+
+def test_an_sdk_the_fast_path_does_not_know_is_a_note_not_a_problem(
+    capsys: pytest.CaptureFixture[str], collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.metrics._internal import _view_instrument_match
+
+    from otel_flask_metrics import fast_attributes
+
+    was_installed = fast_attributes.is_installed()
+    fast_attributes.uninstall()
+    monkeypatch.setattr(_view_instrument_match, "_hash_attributes", lambda value: repr(value))
+    try:
+        code, output = check(capsys, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url})
+    finally:
+        monkeypatch.undo()
+        if was_installed:
+            fast_attributes.install()
+    assert code == 0, output
+    assert "note: SDK fast path: this SDK's attribute handling is not the one" in output

@@ -144,3 +144,9 @@ def test_the_extension_installs_it_unless_turned_off(
     assert not fast_attributes.is_installed()
     FlaskMetrics(Flask("on"), meter_provider=meter_provider)
     assert fast_attributes.is_installed()
+
+
+def test_checking_availability_changes_nothing(sdk_functions: None) -> None:
+    assert fast_attributes.available()
+    assert not fast_attributes.is_installed()
+    assert _view_instrument_match._hash_attributes is SDK_HASH
