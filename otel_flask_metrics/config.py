@@ -286,8 +286,8 @@ OPTIONS: tuple[Option[Any], ...] = (
         _parse_bool,
         "bool",
         "Clean and hash flat metric attributes in one loop instead of the SDK's general "
-        "path (same results, checked at startup; about a quarter of the cost of a "
-        "request's metric records). Turn off to run the SDK's own code.",
+        "path (same results, checked at startup; nearly half the cost of a request's "
+        "metric records). Turn off to run the SDK's own code.",
         "false",
     ),
     Option(

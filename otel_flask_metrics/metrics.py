@@ -137,25 +137,26 @@ class ActiveRequests:
 
     An observable instrument instead of an up-down counter: two SDK
     measurements per request (``add(1)``, ``add(-1)``) become two dictionary
-    operations. Each is a single C call, atomic under the GIL (and locked per
-    dict in free-threaded builds), so the request path takes no lock and makes
-    no Python call; the counting is done once per export.
+    operations, each a single C call (atomic under the GIL, and locked per dict
+    in free-threaded builds), so the request path takes no lock; the counting
+    is done once per export. Requests are keyed by ``id()``: a request whose
+    server never closes its body keeps an integer here, not its environ.
     """
 
     def __init__(self) -> None:
-        #: Every request in flight (any hashable token) -> its (method, scheme).
-        self.in_flight: dict[object, tuple[str, str]] = {}
+        #: id() of every request in flight -> its (method, scheme).
+        self.in_flight: dict[int, tuple[str, str]] = {}
         #: Every (method, scheme) ever seen, so an idle one is reported as 0
         #: instead of disappearing from the series.
         self.seen: set[tuple[str, str]] = set()
 
-    def start(self, token: object, method: str, scheme: str) -> None:
+    def start(self, request: object, method: str, scheme: str) -> None:
         key = (method, scheme)
         self.seen.add(key)
-        self.in_flight[token] = key
+        self.in_flight[id(request)] = key
 
-    def end(self, token: object) -> None:
-        self.in_flight.pop(token, None)
+    def end(self, request: object) -> None:
+        self.in_flight.pop(id(request), None)
 
     def observe(self, options: CallbackOptions) -> Iterable[Observation]:
         # Copies first: each is one C call, so no request can change them
