@@ -29,8 +29,9 @@ from typing import Any
 from flask import current_app, has_request_context, request
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider, get_meter
 
-from .extension import API_CONSUMER_GROUP, API_CONSUMER_ID, EXTENSION_KEY
+from .extension import EXTENSION_KEY
 from .metrics import DURATION_BUCKETS
+from .request_record import API_CONSUMER_GROUP, API_CONSUMER_ID
 from .version import __version__
 
 

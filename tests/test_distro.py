@@ -248,7 +248,7 @@ def test_explicit_init_app_under_the_launcher_does_not_double_instrument() -> No
         app.add_url_rule("/", "i", lambda: "ok")
         FlaskMetrics().init_app(app)
         FlaskMetrics(app)
-        print(json.dumps({"status": 0, "wrapped_twice": type(app.wsgi_app.wrapped).__name__ == "_Middleware"}))
+        print(json.dumps({"status": 0, "wrapped_twice": type(app.wsgi_app.wrapped).__name__ == "Middleware"}))
     """
     result = _run(code, {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}, instrument=True)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,268 @@
+"""The WSGI middleware around ``app.wsgi_app``: where a request starts and ends.
+
+It starts the server span before Flask sees the request, counts the request
+body as the app reads it and the response body as the server takes it, and
+ends the request (see :class:`~otel_flask_metrics.request_record.RequestRecord`)
+at the first of: the body exhausted, the body closed, or the body freed
+unread. A file sent with the server's ``wsgi.file_wrapper`` goes back to the
+server untouched so that its zero-copy path still applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+from opentelemetry import context, propagate, trace
+from opentelemetry.instrumentation.wsgi import wsgi_getter
+from opentelemetry.semconv.attributes import url_attributes
+from opentelemetry.trace import SpanKind
+
+from .capture import BodyPrefix, CapturingInput, is_textual
+from .request_record import (
+    ENVIRON_KEY,
+    METHOD,
+    SCHEME,
+    RequestRecord,
+    finish_safely,
+    header_value,
+)
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .extension import AppState
+
+_logger = logging.getLogger(__name__)
+
+_PATH = url_attributes.URL_PATH
+
+# The methods the semantic conventions know; anything else is "_OTHER", so a
+# client cannot create series by inventing methods.
+_KNOWN_METHODS = frozenset(
+    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY")
+)
+
+
+class Middleware:
+    """The WSGI wrapper around ``app.wsgi_app``.
+
+    When it wraps the app's own ``wsgi_app`` method it keeps the function and a
+    weak reference to the app rather than the bound method: app -> wrapper ->
+    bound method -> app is the reference cycle Flask removed on purpose
+    (pallets/flask#3761), and it would keep every app of a test suite's app
+    factory alive until the cyclic collector runs.
+    """
+
+    __slots__ = ("_app", "_function", "_state", "_wrapped")
+
+    def __init__(self, wrapped: WSGIApplication, state: AppState) -> None:
+        self._state = state
+        owner = getattr(wrapped, "__self__", None)
+        function = getattr(wrapped, "__func__", None)
+        self._app: weakref.ref[Flask] | None = None
+        self._function: Callable[..., Iterable[bytes]] | None = None
+        self._wrapped: WSGIApplication | None = None
+        if isinstance(owner, Flask) and function is not None:
+            self._app = weakref.ref(owner)
+            self._function = function
+        else:
+            self._wrapped = wrapped
+
+    @property
+    def wrapped(self) -> WSGIApplication:
+        """The WSGI callable this wrapper calls."""
+        if self._wrapped is not None:
+            return self._wrapped
+        assert self._app is not None and self._function is not None
+        app = self._app()
+        if app is None:
+            raise ReferenceError("the Flask app of this wsgi_app wrapper is gone")
+        return self._function.__get__(app)  # type: ignore[no-any-return]
+
+    @property
+    def wraps_flask_method(self) -> bool:
+        """Whether it wraps the app class's own ``wsgi_app``, not an app's middleware."""
+        app = self._app() if self._app is not None else None
+        return app is not None and self._function is type(app).wsgi_app
+
+    def _call_wrapped(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if self._wrapped is not None:
+            return self._wrapped(environ, start_response)
+        assert self._app is not None and self._function is not None
+        return self._function(self._app(), environ, start_response)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            record = begin_request(self._state, environ)
+        except Exception:
+            _logger.debug("otel-flask-metrics: could not start the request", exc_info=True)
+            record = None
+        if record is None:
+            return self._call_wrapped(environ, start_response)
+
+        def recording_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            record.status = status
+            record.response_headers = headers
+            limit = self._state.capture.body_limit
+            if (
+                limit
+                and record.span.is_recording()
+                and is_textual(header_value(headers, "content-type"))
+            ):
+                record.response_body = BodyPrefix(limit)
+            return start_response(status, headers, exc_info)
+
+        token = context.attach(trace.set_span_in_context(record.span))
+        try:
+            body = self._call_wrapped(environ, recording_start_response)
+        except BaseException as exc:
+            # Only reached when Flask propagates (testing/debug) or for
+            # BaseExceptions: record, then let it go on unchanged.
+            record.exception = exc
+            record.status = record.status or "500 INTERNAL SERVER ERROR"
+            finish_safely(record)
+            raise
+        finally:
+            context.detach(token)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None and _is_server_file(body, file_wrapper):
+            try:
+                if _end_with_server_file(body, record):
+                    return body
+            except Exception:
+                _logger.debug("otel-flask-metrics: could not follow a file body", exc_info=True)
+        return _ResponseBody(body, record)
+
+
+def begin_request(state: AppState, environ: WSGIEnvironment) -> RequestRecord | None:
+    if state.excluded_urls.url_disabled(environ.get("PATH_INFO") or "/"):
+        return None
+    if state.allowed_hosts is not None and not state.allowed_hosts(environ):
+        return None
+    method = environ.get("REQUEST_METHOD", "GET")
+    if method not in _KNOWN_METHODS:
+        method = "_OTHER"
+    scheme = environ.get("wsgi.url_scheme", "http")
+    parent = propagate.extract(environ, getter=wsgi_getter)
+    # Samplers see the method, scheme and path; the rest is only computed for
+    # spans that are recorded.
+    span = state.tracer.start_span(
+        method,
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={METHOD: method, SCHEME: scheme, _PATH: environ.get("PATH_INFO") or "/"},
+    )
+    record = RequestRecord(state, environ, span, method, scheme)
+    length = environ.get("CONTENT_LENGTH")
+    if length and length.isascii() and length.isdigit():
+        record.request_size = int(length)
+    limit = state.capture.body_limit
+    if limit and span.is_recording() and is_textual(environ.get("CONTENT_TYPE")):
+        record.request_body = BodyPrefix(limit)
+    if record.request_body is not None or (
+        record.request_size is None and (length or "HTTP_TRANSFER_ENCODING" in environ)
+    ):
+        # A chunked body (or one with an invalid Content-Length) is counted
+        # as the app reads it; a captured one is kept as it is read. With
+        # neither header a request has no body (RFC 9112, 6.3).
+        stream = environ.get("wsgi.input")
+        if stream is not None:
+            record.input = CapturingInput(stream, record.request_body)
+            environ["wsgi.input"] = record.input
+    environ[ENVIRON_KEY] = record
+    state.instruments.active_requests.start(record, method, scheme)
+    return record
+
+
+class _ResponseBody:
+    """The response iterable: counts bytes as the server takes them, ends the request.
+
+    A chunk is counted once the server asks for the next one (or the body
+    ends), so a chunk whose write failed because the client left is not
+    counted. The request ends at the first of: the body exhausted, ``close()``,
+    or this object freed unread.
+    """
+
+    __slots__ = ("_body", "_record")
+
+    def __init__(self, body: Iterable[bytes], record: RequestRecord) -> None:
+        self._body = body
+        self._record = record
+
+    def __iter__(self) -> Iterator[bytes]:
+        record = self._record
+        prefix = record.response_body
+        for chunk in self._body:
+            yield chunk
+            record.response_size += len(chunk)
+            if prefix is not None:
+                prefix.add(chunk)
+        # Everything was handed over: the request is done, even for a host
+        # that never calls close().
+        finish_safely(record)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            finish_safely(self._record)
+
+    def __del__(self) -> None:
+        # Neither exhausted nor closed: end the span and leave the in-flight
+        # count now rather than never.
+        record = self._record
+        if not record.finished:
+            finish_safely(record)
+
+
+def _is_server_file(body: object, file_wrapper: object) -> bool:
+    """Whether ``body`` is what the server's ``wsgi.file_wrapper`` made.
+
+    gunicorn and wsgiref give a class and check ``isinstance``; uWSGI gives a
+    function that returns the file itself and compares identity, so there a
+    body with a file descriptor is taken to be one.
+    """
+    if isinstance(file_wrapper, type):
+        return isinstance(body, file_wrapper)
+    return callable(getattr(body, "fileno", None))
+
+
+def _end_with_server_file(body: Any, record: RequestRecord) -> bool:
+    """Arrange for the request to end when the server closes its file object.
+
+    The server must get its own object back to send it with ``sendfile()``,
+    so the bytes cannot be counted: the size is the declared
+    ``Content-Length``. Returns False when that is unknown, and the body is
+    then wrapped and counted.
+    """
+    length = header_value(record.response_headers, "content-length")
+    if length is None or not (length.isascii() and length.isdigit()):
+        return False
+    # The request ends when the server drops the object, right after closing
+    # it, at the latest (uWSGI's file objects cannot be hooked otherwise).
+    weakref.finalize(body, finish_safely, record)
+    if hasattr(body, "__dict__"):
+        # gunicorn's and wsgiref's wrappers: an instance attribute ``close``
+        # is what the server calls when the transfer is over.
+        own_close = getattr(body, "close", None)
+
+        def close() -> None:
+            try:
+                if own_close is not None:
+                    own_close()
+            finally:
+                finish_safely(record)
+
+        body.close = close
+    record.response_size = int(length)
+    return True
