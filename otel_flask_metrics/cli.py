@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 
 from . import fast_attributes
 from .config import OPTIONS, ConfigProblem, resolve_settings
-from .distro import DISTRO_NAME, ENVIRONMENT_DEFAULTS, load_exporters
+from .distro import DISTRO_NAME, ENVIRONMENT_DEFAULTS, load_exporters, otlp_protocol_variables
 from .version import __version__
 
 _ENDPOINT_TIMEOUT = 3.0  # seconds
@@ -41,6 +41,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> int:
     env = {**ENVIRONMENT_DEFAULTS, **environ}
     settings, problems = resolve_settings(env)
+    for signal in ("traces", "metrics", "logs"):
+        # Instantiating validates names and protocols exactly as startup does.
+        for exporter in load_exporters(signal, env, problems):
+            shutdown = getattr(exporter, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+    problems.extend(_distro_conflicts(environ))
+    problems = list(dict.fromkeys(problems))  # one protocol problem, not one per signal
+    rejected = {problem.variable for problem in problems}
+
     print(f"otel-flask-metrics {__version__}")
     print("settings:")
     for option in OPTIONS:
@@ -51,20 +61,17 @@ def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> 
             shown = f"{value.__module__}.{getattr(value, '__qualname__', value)}"
         else:
             shown = repr(value)
-        source = "env" if option.variable in environ else "default"
+        source = "default"
+        if option.variable in environ:
+            source = "env"
+            if option.variable in rejected:
+                # What is in force is the default; say what was refused.
+                given = "***" if option.secret else repr(environ[option.variable])
+                source = f"default: env {given} rejected"
         print(f"  {option.variable} = {shown} [{source}]")
-    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", *ENVIRONMENT_DEFAULTS):
-        if name in env:
-            print(f"  {name} = {env[name]!r}")
+    for line in _standard_variable_lines(env, environ, rejected):
+        print(line)
 
-    for signal in ("traces", "metrics", "logs"):
-        # Instantiating validates names and protocols exactly as startup does.
-        for exporter in load_exporters(signal, env, problems):
-            shutdown = getattr(exporter, "shutdown", None)
-            if shutdown is not None:
-                shutdown()
-    problems.extend(_distro_conflicts(environ))
-    problems = list(dict.fromkeys(problems))  # one protocol problem, not one per signal
     if (
         not settings.consumer_hash_key
         and settings.consumer_header
@@ -100,6 +107,28 @@ def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> 
         return 1
     print("configuration OK")
     return 0
+
+
+def _standard_variable_lines(
+    env: Mapping[str, str], environ: Mapping[str, str], rejected: set[str]
+) -> list[str]:
+    """The standard variables in force, each marked when it was refused."""
+    signals = ("traces", "metrics", "logs")
+    protocols = [v for signal in signals for v in otlp_protocol_variables(signal)]
+    names = ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", *ENVIRONMENT_DEFAULTS, *protocols)
+    lines = []
+    for name in dict.fromkeys(names):
+        if name not in env:
+            continue
+        value = env[name]
+        if name not in rejected:
+            lines.append(f"  {name} = {value!r}")
+        elif name in protocols and value.strip() not in ("http/protobuf", "grpc"):
+            # An unknown protocol falls back to the default one.
+            lines.append(f"  {name} = 'http/protobuf' [default: env {value!r} rejected]")
+        else:
+            lines.append(f"  {name} = {value!r} [env; not usable as it is: see the problems]")
+    return lines
 
 
 def _distro_conflicts(environ: Mapping[str, str]) -> list[ConfigProblem]:

@@ -312,7 +312,19 @@ def load_exporters(
             continue
         entry_name = name
         if name == "otlp":
-            entry_name = _otlp_entry_name(signal, env, problems)
+            entry_name, protocol_variable = _otlp_entry_name(signal, env, problems)
+            if entry_name not in available and entry_name == _OTLP_PROTOCOLS["grpc"]:
+                # grpcio is an extra: most users never need it.
+                problems.append(
+                    ConfigProblem(
+                        protocol_variable,
+                        env.get(protocol_variable, ""),
+                        "the gRPC exporter is not installed: pip install "
+                        "'otel-flask-metrics[grpc]' (or use http/protobuf); nothing is "
+                        "exported over OTLP until then",
+                    )
+                )
+                continue
         entry_point = available.get(entry_name)
         if entry_point is None:
             accepted = ", ".join(sorted({"none", "otlp", *available}))
@@ -327,17 +339,17 @@ def load_exporters(
     return exporters
 
 
-def _otlp_entry_name(signal: str, env: Mapping[str, str], problems: list[ConfigProblem]) -> str:
-    for variable in (
-        f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ):
+def _otlp_entry_name(
+    signal: str, env: Mapping[str, str], problems: list[ConfigProblem]
+) -> tuple[str, str]:
+    """The exporter entry point for ``otlp`` and the variable that chose it."""
+    for variable in otlp_protocol_variables(signal):
         protocol = env.get(variable)
         if protocol is None:
             continue
         entry = _OTLP_PROTOCOLS.get(protocol.strip())
         if entry is not None:
-            return entry
+            return entry, variable
         problems.append(
             ConfigProblem(
                 variable,
@@ -346,4 +358,9 @@ def _otlp_entry_name(signal: str, env: Mapping[str, str], problems: list[ConfigP
             )
         )
         break
-    return _OTLP_PROTOCOLS["http/protobuf"]
+    return _OTLP_PROTOCOLS["http/protobuf"], "OTEL_EXPORTER_OTLP_PROTOCOL"
+
+
+def otlp_protocol_variables(signal: str) -> tuple[str, str]:
+    """The variables that choose a signal's OTLP protocol, the first set one winning."""
+    return f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"

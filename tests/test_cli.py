@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def test_bad_value_exits_1_with_the_problem(
     assert problem_lines(output) == [
         f"{PREFIX}MAX_CONSUMERS='lots': expected a positive integer; using the default 1000 instead"
     ]
-    assert f"  {PREFIX}MAX_CONSUMERS = 1000 [env]" in output.splitlines()
+    assert f"  {PREFIX}MAX_CONSUMERS = 1000 [default: env 'lots' rejected]" in output.splitlines()
 
 
 def test_several_problems_are_all_listed(
@@ -243,6 +244,57 @@ def test_bad_protocol_is_reported_once(
     assert problem_lines(output) == [
         "OTEL_EXPORTER_OTLP_PROTOCOL='http/json': expected http/protobuf or grpc; "
         "using the default http/protobuf instead"
+    ]
+    assert (
+        "  OTEL_EXPORTER_OTLP_PROTOCOL = 'http/protobuf' [default: env 'http/json' rejected]"
+        in output.splitlines()
+    ), "the line shows what is in force, not the refused value"
+
+
+def test_a_rejected_secret_is_not_shown(
+    capsys: pytest.CaptureFixture[str], collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped secret accepts any text: a stricter parser reaches the rejection path."""
+    import dataclasses
+
+    from otel_flask_metrics import config
+
+    def strict(raw: str) -> str:
+        raise config.InvalidValue("expected at least 32 characters")
+
+    monkeypatch.setattr(
+        config,
+        "OPTIONS",
+        tuple(dataclasses.replace(o, parse=strict) if o.secret else o for o in config.OPTIONS),
+    )
+    code, output = check(
+        capsys,
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, PREFIX + "CONSUMER_HASH_KEY": "hunter2-key"},
+    )
+    assert code == 1
+    assert "hunter2" not in output
+    assert f"  {PREFIX}CONSUMER_HASH_KEY = (not set) [default: env *** rejected]" in output.splitlines()
+
+
+def test_grpc_without_the_extra_is_one_clear_problem(
+    capsys: pytest.CaptureFixture[str], collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otel_flask_metrics import distro
+
+    real = distro.entry_points
+
+    def without_grpc(group: str) -> Any:
+        return [ep for ep in real(group=group) if ep.name != "otlp_proto_grpc"]
+
+    monkeypatch.setattr(distro, "entry_points", without_grpc)
+    code, output = check(
+        capsys, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    )
+    assert code == 1
+    assert problem_lines(output) == [
+        "OTEL_EXPORTER_OTLP_PROTOCOL='grpc': the gRPC exporter is not installed: pip install "
+        "'otel-flask-metrics[grpc]' (or use http/protobuf); nothing is exported over OTLP until "
+        "then"
     ]
 
 

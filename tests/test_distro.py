@@ -338,3 +338,22 @@ def test_the_resource_is_hashed_once_and_stays_so_through_merges(
     assert renewed.attributes["service.instance.id"] == "new"
     assert hash(renewed) == hash(Resource(dict(renewed.attributes), renewed.schema_url))
 
+
+
+def test_grpc_chosen_without_the_extra_exports_nothing_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """grpcio is an extra: without it, one problem line instead of a crash or a guess."""
+    from otel_flask_metrics import distro
+
+    real = distro.entry_points
+    monkeypatch.setattr(
+        distro,
+        "entry_points",
+        lambda group: [ep for ep in real(group=group) if ep.name != "otlp_proto_grpc"],
+    )
+    problems: list[ConfigProblem] = []
+    assert load_exporters("traces", {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, problems) == []
+    (problem,) = problems
+    assert problem.variable == "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    assert "pip install 'otel-flask-metrics[grpc]'" in problem.message
