@@ -1,13 +1,19 @@
 """Run the otel-flask-metrics stack without Docker, on 127.0.0.1.
 
-    python scripts/stack.py            # Collector, Prometheus, Alertmanager, demo API, traffic
-    python scripts/stack.py --no-traffic --app-port 8000
+    .venv/bin/python scripts/stack.py                  # everything, demo API and traffic included
+    .venv/bin/python scripts/stack.py --no-demo        # only the stack: point your own app at it
+    .venv/bin/python scripts/stack.py --demo-port 8001 --no-traffic
 
-Starts the Collector built from collector-config/builder-manifest.yaml, Prometheus
-and Alertmanager from the system (Debian: prometheus, prometheus-alertmanager),
+Starts the Collector built from collector-config/builder-manifest.yaml,
+Prometheus (the version compose.yaml pins when scripts/build-prometheus.sh has
+built it, else the one on PATH), Alertmanager with the demo webhook receiver,
 the demo API under ``opentelemetry-instrument gunicorn`` and its traffic
 generator, all with the shipped configuration files (only addresses are
-rewritten), waits for each to be ready, and stops them all on Ctrl-C.
+rewritten). It waits for each to be ready, prints every endpoint, and stops
+them all on Ctrl-C; the logs stay in the directory it prints.
+
+No trace store runs here: the Collector writes traces to traces.jsonl next to
+the logs instead of sending them to Jaeger.
 
 The end-to-end tests import :class:`LocalStack` from here, so the stack they
 test is started exactly as users start it.
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -28,12 +36,36 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR_CONFIG = ROOT / "collector-config" / "otelcol-config.yaml"
 PROMETHEUS_DIR = ROOT / "prometheus"
+COMPOSE = ROOT / "compose.yaml"
+DEFAULT_LOG_DIR = ROOT / ".stack" / "logs"
 LOOPBACK = "127.0.0.1"
+
+# Layered over the shipped Collector config: with no Jaeger to send traces to,
+# they go to a file (rotated, so a long run cannot fill the disk) rather than
+# to an address where nothing, or the Collector itself, listens.
+TRACES_TO_FILE = """\
+exporters:
+  file/stack-traces:
+    path: ${env:OTELCOL_STACK_TRACES_FILE}
+    rotation:
+      max_megabytes: 20
+      max_backups: 1
+service:
+  pipelines:
+    traces:
+      exporters: [file/stack-traces, debug]
+"""
+
+
+class MissingTool(FileNotFoundError):
+    """A program the stack needs is not there; the message (one line) says how to get it."""
 
 
 def free_port() -> int:
@@ -137,14 +169,21 @@ class Service:
         return "\n".join(text.splitlines()[-lines:])
 
 
+# --- the programs the stack runs ---------------------------------------------
+
+
 def build_collector() -> Path:
     """The Collector binary for the manifest, built (and cached) by the build script."""
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-collector.sh")],
-        check=True,
-        stdout=subprocess.PIPE,
-        timeout=3600,
-    )
+    try:
+        result = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "build-collector.sh")],
+            check=True,
+            stdout=subprocess.PIPE,
+            timeout=3600,
+        )
+    except subprocess.CalledProcessError:
+        # build-collector.sh has already said why on stderr.
+        raise MissingTool("the Collector could not be built: see the message above") from None
     return Path(result.stdout.decode().strip().splitlines()[-1])
 
 
@@ -153,37 +192,144 @@ def find_binary(*names: str) -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise FileNotFoundError(
-        f"none of {', '.join(names)} is installed (Debian: apt-get install prometheus "
+    raise MissingTool(
+        f"none of {', '.join(names)} is on PATH (Debian: apt-get install prometheus "
         "prometheus-alertmanager)"
     )
+
+
+def venv_tool(name: str) -> str:
+    """``name`` from the environment whose Python runs this script, else from PATH.
+
+    pip installs console scripts next to the interpreter, so
+    ``.venv/bin/python scripts/stack.py`` finds the venv's gunicorn without the
+    venv being activated.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found:
+        return found
+    install = f"{shlex.quote(sys.executable)} -m pip install -e {shlex.quote(f'{ROOT}[test]')}"
+    raise MissingTool(
+        f"{name} is not installed next to {sys.executable} nor on PATH: run {install}"
+    )
+
+
+def tool_cache() -> Path:
+    """Where scripts/build-collector.sh and build-prometheus.sh cache what they build.
+
+    The same variables in the same order as the scripts (an empty one counts as
+    unset, as ``${VAR:-default}`` does); tests check that the two agree.
+    """
+    explicit = os.environ.get("OTEL_FLASK_METRICS_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "otel-flask-metrics"
+
+
+def pinned_prometheus_version() -> str:
+    """The Prometheus version compose.yaml pins, read as build-prometheus.sh reads it."""
+    match = re.search(r"image: *prom/prometheus:v([0-9.]+)", COMPOSE.read_text())
+    if match is None:
+        raise ValueError(f"no prom/prometheus image in {COMPOSE}")
+    return match.group(1)
+
+
+def program_version(path: str) -> str:
+    """``--version``'s version number (e.g. ``3.7.3``, ``2.42.0+ds``), or ``unknown``."""
+    try:
+        result = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    match = re.search(r"version (\S+)", result.stdout + result.stderr)
+    return match.group(1) if match else "unknown"
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    """The Prometheus binary a stack runs, and where it came from."""
+
+    path: str
+    version: str
+    pinned: str  # the version compose.yaml pins
+    source: str  # "OFM_PROMETHEUS", "build cache" or "PATH"
+
+    @property
+    def is_pinned(self) -> bool:
+        return self.version.split("+")[0] == self.pinned
+
+    def describe(self) -> str:
+        """One line for the user: which Prometheus, and how to get the pinned one if not it."""
+        line = f"Prometheus {self.version} ({self.source}: {self.path})"
+        if self.is_pinned:
+            return f"{line}, the version compose.yaml pins"
+        return (
+            f"{line}, not the {self.pinned} compose.yaml pins: scripts/build-prometheus.sh "
+            "(or scripts/test.sh) builds it, and the next run uses it"
+        )
+
+
+def find_prometheus() -> Prometheus:
+    """OFM_PROMETHEUS if set, else the pinned build in the cache, else PATH's prometheus."""
+    pinned = pinned_prometheus_version()
+    explicit = os.environ.get("OFM_PROMETHEUS")
+    cached = tool_cache() / f"prometheus-{pinned}" / "bin" / "prometheus"
+    if explicit:
+        path, source = explicit, "OFM_PROMETHEUS"
+    elif cached.is_file() and os.access(cached, os.X_OK):
+        path, source = str(cached), "build cache"
+    else:
+        found = shutil.which("prometheus")
+        if found is None:
+            raise MissingTool(
+                f"no Prometheus: scripts/build-prometheus.sh builds the {pinned} compose.yaml "
+                "pins (needs Go), or install one on PATH (Debian: apt-get install prometheus)"
+            )
+        path, source = found, "PATH"
+    return Prometheus(path, program_version(path), pinned, source)
+
+
+# --- the stack -----------------------------------------------------------------
 
 
 class LocalStack:
     """Collector + Prometheus (+ Alertmanager) on free loopback ports.
 
-    :param work_dir: where data, rewritten configs and logs go; removed by
+    :param work_dir: where data and rewritten configs go; removed by
         :meth:`stop` when the stack created it.
+    :param log_dir: where each process logs (``<name>.log``) and the Collector
+        writes traces (``traces.jsonl``); ``work_dir/logs`` by default. Never
+        removed by the stack, so a directory outside ``work_dir`` keeps the
+        logs after :meth:`stop`.
     :param extra_collector_configs: more config files layered over the shipped
         one (the tests add a file exporter this way).
+    :param prometheus: the Prometheus to run; :func:`find_prometheus` by default.
     """
 
     def __init__(
         self,
         work_dir: Path | None = None,
         *,
+        log_dir: Path | None = None,
         extra_collector_configs: Sequence[Path] = (),
         collector_env: Mapping[str, str] | None = None,
         with_alertmanager: bool = True,
         alert_webhook_url: str | None = None,
+        prometheus: Prometheus | None = None,
     ) -> None:
         self._owns_dir = work_dir is None
-        self.work_dir = Path(tempfile.mkdtemp(prefix="ofm-stack-")) if work_dir is None else work_dir
+        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="ofm-stack-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = self.work_dir / "logs" if log_dir is None else log_dir
         self.extra_collector_configs = list(extra_collector_configs)
         self.extra_collector_env = dict(collector_env or {})
         self.alert_webhook_url = alert_webhook_url
         self.with_alertmanager = with_alertmanager
+        self.prometheus_binary = prometheus
         self.ports = {
             name: free_port()
             for name in (
@@ -200,8 +346,33 @@ class LocalStack:
         return f"http://{LOOPBACK}:{self.ports['otlp_http']}"
 
     @property
+    def otlp_grpc_endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports['otlp_grpc']}"
+
+    @property
     def prometheus_url(self) -> str:
         return f"http://{LOOPBACK}:{self.ports['prometheus']}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports['alertmanager']}"
+
+    @property
+    def traces_path(self) -> Path:
+        """Where the Collector writes traces, unless an extra config sends them elsewhere."""
+        return self.log_dir / "traces.jsonl"
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        """(service, address) for every endpoint the stack serves, as the README's port table."""
+        rows = [("Prometheus", self.prometheus_url)]
+        if self.with_alertmanager:
+            rows.append(("Alertmanager", self.alertmanager_url))
+        rows.append(("Collector OTLP gRPC", self.otlp_grpc_endpoint))
+        rows.append(("Collector OTLP HTTP", self.otlp_http_endpoint))
+        rows.append(("Collector health check", f"http://{LOOPBACK}:{self.ports['health']}/"))
+        metrics = f"http://{LOOPBACK}:{self.ports['collector_metrics']}/metrics"
+        rows.append(("Collector metrics", metrics))
+        return rows
 
     def collector_env(self) -> dict[str, str]:
         """The variables the shipped Collector config reads, for a loopback run."""
@@ -213,8 +384,10 @@ class LocalStack:
             "OTELCOL_METRICS_HOST": LOOPBACK,
             "OTELCOL_METRICS_PORT": str(self.ports["collector_metrics"]),
             "PROMETHEUS_REMOTE_WRITE_ENDPOINT": f"{self.prometheus_url}/api/v1/write",
-            # No trace store runs here; the tests read traces from a file exporter.
+            # No trace store runs here: TRACES_TO_FILE replaces the exporter
+            # that reads this, but the shipped config must still resolve it.
             "TRACES_OTLP_ENDPOINT": f"{LOOPBACK}:{self.ports['otlp_grpc']}",
+            "OTELCOL_STACK_TRACES_FILE": str(self.traces_path),
             **self.extra_collector_env,
         }
 
@@ -251,15 +424,14 @@ class LocalStack:
         return self
 
     def _start(self, collector_binary: Path) -> None:
-        logs = self.work_dir / "logs"
-        logs.mkdir(exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.prometheus_binary is None:
+            self.prometheus_binary = find_prometheus()
         prometheus_data = self.work_dir / "prometheus-data"
         self.prometheus = Service(
             "prometheus",
             [
-                # OFM_PROMETHEUS runs another build (e.g. the Prometheus 3 that
-                # compose pins) with the same config and tests.
-                os.environ.get("OFM_PROMETHEUS") or find_binary("prometheus"),
+                self.prometheus_binary.path,
                 f"--config.file={self.prometheus_config()}",
                 f"--storage.tsdb.path={prometheus_data}",
                 f"--web.listen-address={LOOPBACK}:{self.ports['prometheus']}",
@@ -268,7 +440,7 @@ class LocalStack:
                 "--enable-feature=exemplar-storage",
                 "--web.enable-lifecycle",
             ],
-            logs,
+            self.log_dir,
             ready_url=f"{self.prometheus_url}/-/ready",
         ).start()
         self.services.append(self.prometheus)
@@ -282,16 +454,18 @@ class LocalStack:
                     f"--web.listen-address={LOOPBACK}:{self.ports['alertmanager']}",
                     f"--cluster.listen-address={LOOPBACK}:{self.ports['alertmanager_cluster']}",
                 ],
-                logs,
-                ready_url=f"http://{LOOPBACK}:{self.ports['alertmanager']}/-/ready",
+                self.log_dir,
+                ready_url=f"{self.alertmanager_url}/-/ready",
             ).start()
             self.services.append(alertmanager)
-        argv = [str(collector_binary), f"--config={COLLECTOR_CONFIG}"]
+        traces_to_file = self.work_dir / "collector-traces-to-file.yaml"
+        traces_to_file.write_text(TRACES_TO_FILE)
+        argv = [str(collector_binary), f"--config={COLLECTOR_CONFIG}", f"--config={traces_to_file}"]
         argv += [f"--config={path}" for path in self.extra_collector_configs]
         self.collector = Service(
             "otel-collector",
             argv,
-            logs,
+            self.log_dir,
             env=self.collector_env(),
             ready_url=f"http://{LOOPBACK}:{self.ports['health']}/",
         ).start()
@@ -334,8 +508,8 @@ def app_service(
     health_path: str = "/health",
 ) -> Service:
     """An app under ``opentelemetry-instrument gunicorn`` exporting to the stack."""
-    instrument = shutil.which("opentelemetry-instrument") or "opentelemetry-instrument"
-    gunicorn = shutil.which("gunicorn") or "gunicorn"
+    instrument = venv_tool("opentelemetry-instrument")
+    gunicorn = venv_tool("gunicorn")
     app_env = {
         **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": stack.otlp_http_endpoint,
@@ -355,72 +529,162 @@ def app_service(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--app-port", type=int, default=8000)
-    parser.add_argument("--no-traffic", action="store_true")
-    parser.add_argument("--rate", type=float, default=5.0, help="traffic requests per second")
-    args = parser.parse_args(argv)
+# --- the command ---------------------------------------------------------------
 
+# Every file a run writes in its log directory (replaced by the next run).
+RUN_LOGS = (
+    "prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log",
+    "demo-api.log", "traffic.log", "traces.jsonl",
+)
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return port
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="stack.py",
+        # The module docstring, up to what only concerns the tests.
+        description=(__doc__ or "").split("\n\nThe end-to-end")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo = parser.add_argument_group("demo API and traffic")
+    demo.add_argument(
+        "--demo-port", "--app-port", dest="demo_port", type=_port, default=0, metavar="PORT",
+        help="the demo API's port (default: a free one, printed at start)",
+    )
+    demo.add_argument(
+        "--no-demo", action="store_true",
+        help="start neither the demo API nor the traffic: only the stack, for your own app",
+    )
+    demo.add_argument(
+        "--no-traffic", action="store_true", help="start the demo API without traffic"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=5.0, help="traffic requests per second (default: 5)"
+    )
+    parser.add_argument(
+        "--logs", type=Path, default=DEFAULT_LOG_DIR, metavar="DIR",
+        help="where the logs and traces go, kept after the stack stops and replaced by "
+        f"the next run (default: {DEFAULT_LOG_DIR.relative_to(ROOT)}/ in the repository)",
+    )
+    return parser.parse_args(argv)
+
+
+def endpoint_table(rows: Sequence[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'service':<{width}}  address (127.0.0.1 only)"]
+    lines += [f"{name:<{width}}  {address}" for name, address in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    log_dir: Path = args.logs.resolve()
+    # Everything a user would otherwise learn only after the Collector build.
+    demo = not args.no_demo
+    if demo:
+        venv_tool("opentelemetry-instrument")
+        venv_tool("gunicorn")
+    prometheus = find_prometheus()
+    find_binary("prometheus-alertmanager", "alertmanager")
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_LOGS:
+        (log_dir / name).unlink(missing_ok=True)
+    for backup in log_dir.glob("traces-*.jsonl"):  # the file exporter's rotated files
+        backup.unlink()
+    print(prometheus.describe())
+    print(f"logs: {log_dir}")
+    print("building/locating the Collector ...", flush=True)
+    collector = build_collector()
     webhook_port = free_port()
-    stack = LocalStack(alert_webhook_url=f"http://{LOOPBACK}:{webhook_port}/")
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    demo_port = args.demo_port or free_port()
+    stack = LocalStack(
+        log_dir=log_dir,
+        alert_webhook_url=f"http://{LOOPBACK}:{webhook_port}/",
+        prometheus=prometheus,
+    )
     try:
-        print("building/locating the Collector ...", flush=True)
-        stack.start()
-        logs = stack.work_dir / "logs"
+        stack.start(collector)
         # Alerts are printed by the demo webhook receiver (see its log).
         stack.add(
             Service(
                 "alert-webhook",
                 [sys.executable, str(ROOT / "demo" / "alert_webhook.py"),
                  "--bind", LOOPBACK, "--port", str(webhook_port)],
-                logs,
+                log_dir,
                 ready_url=f"http://{LOOPBACK}:{webhook_port}/health",
             )
         )
-        stack.add(
-            app_service(
-                stack, logs, app="app:app", chdir=ROOT / "demo", port=args.app_port,
-                env={
-                    "OTEL_SERVICE_NAME": "demo-api",
-                    "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
-                    "OTEL_FLASK_METRICS_CONSUMER_HEADER": "X-API-Key",
-                    "OTEL_METRIC_EXPORT_INTERVAL": "5000",
-                },
-                name="demo-api",
-            )
-        )
-        if not args.no_traffic:
+        rows = [*stack.endpoints(), ("alert webhook", f"http://{LOOPBACK}:{webhook_port}/")]
+        if demo:
             stack.add(
-                Service(
-                    "traffic",
-                    [sys.executable, str(ROOT / "demo" / "traffic.py"), "--target",
-                     f"http://{LOOPBACK}:{args.app_port}", "--rate", str(args.rate)],
-                    logs,
+                app_service(
+                    stack, log_dir, app="app:app", chdir=ROOT / "demo", port=demo_port,
+                    env={
+                        "OTEL_SERVICE_NAME": "demo-api",
+                        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
+                        "OTEL_FLASK_METRICS_CONSUMER_HEADER": "X-API-Key",
+                        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+                    },
+                    name="demo-api",
                 )
             )
-        print(f"demo API:      http://{LOOPBACK}:{args.app_port}")
-        print(f"Prometheus:    {stack.prometheus_url}")
-        print(f"OTLP (HTTP):   {stack.otlp_http_endpoint}")
-        print(f"logs:          {logs}")
+            rows.append(("demo API", f"http://{LOOPBACK}:{demo_port}"))
+            if not args.no_traffic:
+                stack.add(
+                    Service(
+                        "traffic",
+                        [sys.executable, str(ROOT / "demo" / "traffic.py"), "--target",
+                         f"http://{LOOPBACK}:{demo_port}", "--rate", str(args.rate)],
+                        log_dir,
+                    )
+                )
+        rows.append(("traces (no Jaeger here)", str(stack.traces_path)))
+        print()
+        print(endpoint_table(rows))
+        print()
+        print(
+            "Your own app: OTEL_EXPORTER_OTLP_ENDPOINT="
+            f"{stack.otlp_http_endpoint} opentelemetry-instrument <your command>"
+        )
         print("Ctrl-C stops everything.", flush=True)
-        while not stopping:
+        while True:
             for service in stack.services:
                 if service.process is not None and service.process.poll() is not None:
                     print(f"{service.name} exited:\n{service.log_tail()}", file=sys.stderr)
-                    stopping = True
+                    return 1
             time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
     finally:
+        # A second Ctrl-C must not cut the stop short and orphan a process.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("stopping ...", flush=True)
         stack.stop()
-    return 0
+        print(f"stopped; the logs are in {log_dir}", flush=True)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM stops the stack as Ctrl-C does, even during the Collector build.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(args)
+    except MissingTool as exc:
+        print(f"stack.py: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,15 +10,29 @@ started by scripts/stack.py, the same code as the no-Docker quick start.
 A known mix of requests goes in; the test asserts exact numbers through
 Prometheus' HTTP API, runs every dashboard query, and searches everything the
 stack stored for the secrets it sent.
+
+The last section runs ``scripts/stack.py`` itself, as a user does: the venv's
+tools found without activation, the Prometheus compose.yaml pins chosen when it
+is built, every endpoint printed and answering, the demo API's port chosen or
+the demo left out, the logs kept after Ctrl-C, and one clear line when a tool
+is missing.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +46,15 @@ from tests.grafana import dashboard_queries as dq
 
 from stack import (  # type: ignore[import-not-found]
     LOOPBACK,
+    ROOT,
     LocalStack,
+    MissingTool,
     app_service,
+    find_prometheus,
     free_port,
+    http_status,
+    pinned_prometheus_version,
+    tool_cache,
     wait_until,
 )
 
@@ -383,3 +403,308 @@ def test_latency_exemplars_point_at_exported_traces(running: RunningStack) -> No
     assert trace_ids, "no exemplar with a trace_id reached Prometheus"
     exported = {span["traceId"] for span in exported_spans(running.export_dir)}
     assert trace_ids <= exported, "every exemplar opens a trace the Collector exported"
+
+
+# --- scripts/stack.py as a user runs it ----------------------------------------
+
+STACK_SCRIPT = ROOT / "scripts" / "stack.py"
+READY_LINE = "Ctrl-C stops everything."
+STARTUP_TIMEOUT = 240  # seconds; the Collector is already built by the test command
+STOP_TIMEOUT = 90  # seconds; each process gets 20 s to flush, in turn
+EVERY_ENDPOINT = {
+    "Prometheus", "Alertmanager", "Collector OTLP gRPC", "Collector OTLP HTTP",
+    "Collector health check", "Collector metrics", "alert webhook", "demo API",
+    "traces (no Jaeger here)",
+}
+STACK_LOGS = ("prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log")
+
+
+def _accepts_tcp(address: str) -> bool:
+    host, port = urllib.parse.urlsplit(address).netloc.split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _accepts_otlp_http(address: str) -> bool:
+    request = urllib.request.Request(
+        f"{address}/v1/traces", data=b"", method="POST",
+        headers={"Content-Type": "application/x-protobuf"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return int(response.status) == 200
+
+
+# How each printed endpoint proves that it answers.
+ENDPOINT_CHECKS: dict[str, Callable[[str], bool]] = {
+    "Prometheus": lambda a: http_status(f"{a}/-/ready") == 200,
+    "Alertmanager": lambda a: http_status(f"{a}/-/ready") == 200,
+    "Collector OTLP gRPC": _accepts_tcp,
+    "Collector OTLP HTTP": _accepts_otlp_http,
+    "Collector health check": lambda a: http_status(a) == 200,
+    "Collector metrics": lambda a: http_status(a) == 200,
+    "alert webhook": lambda a: http_status(f"{a}health") == 200,
+    "demo API": lambda a: http_status(f"{a}/health") == 200,
+    "traces (no Jaeger here)": lambda a: Path(a).parent.is_dir(),
+}
+
+
+def _not_activated() -> dict[str, str]:
+    """This environment with the venv's bin directory off PATH, as in a fresh shell."""
+    venv_bin = os.path.realpath(Path(sys.executable).parent)
+    path = [
+        d for d in os.environ["PATH"].split(os.pathsep) if d and os.path.realpath(d) != venv_bin
+    ]
+    return {**os.environ, "PATH": os.pathsep.join(path)}
+
+
+@dataclass
+class StackRun:
+    """``scripts/stack.py`` running in the background, its output read line by line."""
+
+    process: subprocess.Popen[str]
+    logs: Path
+    output: list[str] = field(default_factory=list)
+    _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    _reader: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, args: list[str], logs: Path) -> StackRun:
+        process = subprocess.Popen(
+            [sys.executable, str(STACK_SCRIPT), *args, "--logs", str(logs)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=_not_activated(), cwd=ROOT,
+        )
+        run = cls(process, logs)
+        run._reader = threading.Thread(target=run._read, daemon=True)
+        run._reader.start()
+        return run
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def wait_for(self, wanted: str, timeout: float) -> None:
+        """Read output until a line starting with ``wanted``; fail on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise AssertionError(f"no {wanted!r} from stack.py:\n" + "\n".join(self.output))
+            self.output.append(line)
+            if line.startswith(wanted):
+                return
+
+    def endpoints(self) -> dict[str, str]:
+        """The printed endpoint table, as {service: address}."""
+        start = next(i for i, line in enumerate(self.output) if line.startswith("service "))
+        rows = {}
+        for line in self.output[start + 1:]:
+            if not line.strip():
+                break
+            name, address = (part.strip() for part in line.rsplit("  ", 1))
+            rows[name] = address
+        return rows
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        """Stop as a user does (Ctrl-C) and read the rest of the output."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(STOP_TIMEOUT)
+        self.wait_for("stopped; the logs are in", 10)
+        return code
+
+
+@pytest.fixture
+def run_stack(tmp_path: Path) -> Iterator[Callable[..., StackRun]]:
+    """Starts ``scripts/stack.py ARGS`` with its logs in tmp_path/logs; always stops it."""
+    runs: list[StackRun] = []
+
+    def start(*args: str) -> StackRun:
+        run = StackRun.start(list(args), tmp_path / "logs")
+        runs.append(run)
+        run.wait_for(READY_LINE, STARTUP_TIMEOUT)
+        return run
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.send_signal(signal.SIGTERM)
+            try:
+                run.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                run.process.kill()
+                run.process.wait(10)
+        assert run._reader is not None
+        run._reader.join(10)  # it closes the pipe at the end of the output
+
+
+def _assert_every_endpoint_answers(endpoints: dict[str, str]) -> None:
+    silent = [f"{name} {address}" for name, address in endpoints.items()
+              if not ENDPOINT_CHECKS[name](address)]
+    assert not silent, f"printed but not answering: {silent}"
+
+
+def test_stack_script_prints_every_endpoint_and_keeps_its_logs(
+    run_stack: Callable[..., StackRun], tmp_path: Path
+) -> None:
+    demo_port = free_port()
+    run = run_stack("--demo-port", str(demo_port), "--no-traffic")
+    logs = tmp_path / "logs"
+    # Which Prometheus, first: the pinned one whenever the build cache has it.
+    assert run.output[0] == find_prometheus().describe()
+    assert f"logs: {logs}" in run.output
+    endpoints = run.endpoints()
+    assert set(endpoints) == EVERY_ENDPOINT
+    assert endpoints["demo API"] == f"http://{LOOPBACK}:{demo_port}"
+    assert endpoints["traces (no Jaeger here)"] == str(logs / "traces.jsonl")
+    _assert_every_endpoint_answers(endpoints)
+    assert (
+        f"Your own app: OTEL_EXPORTER_OTLP_ENDPOINT={endpoints['Collector OTLP HTTP']} "
+        "opentelemetry-instrument <your command>"
+    ) in run.output
+
+    # A demo request's trace lands in the file, once: nothing sends it back
+    # to the Collector's own OTLP receiver.
+    demo = endpoints["demo API"]
+    assert requests.get(f"{demo}/api/items/1", timeout=10).status_code == 200
+    traces = logs / "traces.jsonl"
+    wait_until(lambda: traces.exists() and "/api/items/" in traces.read_text(), 30,
+               "the demo's trace in traces.jsonl", 0.2)
+    with urllib.request.urlopen(endpoints["Collector metrics"], timeout=5) as response:
+        own_metrics = response.read().decode()
+    assert 'otelcol_receiver_accepted_spans{receiver="otlp",transport="grpc"' not in own_metrics
+
+    assert run.stop(signal.SIGINT) == 0
+    assert run.output[-1] == f"stopped; the logs are in {logs}"
+    for name in (*STACK_LOGS, "demo-api.log"):
+        assert (logs / name).stat().st_size > 0, f"{name} is empty or gone after the stop"
+    assert not (logs / "traffic.log").exists(), "--no-traffic started the traffic generator"
+    assert http_status(f"{demo}/health", 1.0) is None, "the demo API outlived the stack"
+
+
+def test_stack_script_runs_the_demo_on_a_free_port_by_default(
+    run_stack: Callable[..., StackRun], tmp_path: Path
+) -> None:
+    run = run_stack()
+    demo = run.endpoints()["demo API"]
+    assert urllib.parse.urlsplit(demo).port != 8000, "8000 is the port the user's own app takes"
+    assert http_status(f"{demo}/health") == 200
+    assert (tmp_path / "logs" / "traffic.log").exists()
+    assert run.stop(signal.SIGTERM) == 0
+
+
+def test_stack_script_without_the_demo_leaves_the_collector_to_your_app(
+    run_stack: Callable[..., StackRun], tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "demo-api.log").write_text("a previous run's log\n")
+    run = run_stack("--no-demo")
+    endpoints = run.endpoints()
+    assert set(endpoints) == EVERY_ENDPOINT - {"demo API"}
+    _assert_every_endpoint_answers(endpoints)
+    assert run.stop() == 0
+    assert not (logs / "demo-api.log").exists(), "a run replaces the previous run's logs"
+    assert not (logs / "traffic.log").exists()
+    assert all((logs / name).stat().st_size > 0 for name in STACK_LOGS)
+
+
+def _executable(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def _fake_prometheus(path: Path, version: str) -> Path:
+    return _executable(path, f"#!/bin/sh\necho 'prometheus, version {version} (branch: fake)'\n")
+
+
+@pytest.mark.parametrize(
+    "variable", ["OTEL_FLASK_METRICS_CACHE", "XDG_CACHE_HOME", "HOME"]
+)
+def test_stack_looks_where_build_prometheus_caches(
+    variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script's cache path and stack.py's agree, for each variable that sets it."""
+    for name in ("OTEL_FLASK_METRICS_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, str(tmp_path))
+    built = tool_cache() / f"prometheus-{pinned_prometheus_version()}" / "bin"
+    for name in ("prometheus", "promtool"):  # present, so the script builds nothing
+        _fake_prometheus(built / name, pinned_prometheus_version())
+    printed = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-prometheus.sh")],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.strip()
+    assert printed == str(built)
+    assert str(built).startswith(str(tmp_path))
+
+
+def test_stack_chooses_the_pinned_prometheus_when_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pinned = pinned_prometheus_version()
+    monkeypatch.delenv("OFM_PROMETHEUS", raising=False)
+    monkeypatch.setenv("OTEL_FLASK_METRICS_CACHE", str(tmp_path / "cache"))
+    system = _fake_prometheus(tmp_path / "system" / "prometheus", "2.42.0+ds")
+    monkeypatch.setenv("PATH", str(system.parent))
+
+    fallback = find_prometheus()
+    assert (fallback.path, fallback.version, fallback.source) == (str(system), "2.42.0+ds", "PATH")
+    assert not fallback.is_pinned
+    assert f"not the {pinned} compose.yaml pins" in fallback.describe()
+    assert "scripts/build-prometheus.sh" in fallback.describe()
+
+    cached = _fake_prometheus(
+        tmp_path / "cache" / f"prometheus-{pinned}" / "bin" / "prometheus", pinned
+    )
+    chosen = find_prometheus()
+    assert (chosen.path, chosen.version, chosen.source) == (str(cached), pinned, "build cache")
+    assert chosen.describe().endswith("the version compose.yaml pins")
+
+    other = _fake_prometheus(tmp_path / "other" / "prometheus", "3.0.0")
+    monkeypatch.setenv("OFM_PROMETHEUS", str(other))
+    assert find_prometheus().path == str(other)
+
+    monkeypatch.delenv("OFM_PROMETHEUS")
+    cached.unlink()
+    system.unlink()
+    with pytest.raises(MissingTool, match=r"scripts/build-prometheus\.sh"):
+        find_prometheus()
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [([], ("opentelemetry-instrument", "pip install -e")), (["--no-demo"], ("Prometheus",))],
+    ids=["venv-tools", "prometheus"],
+)
+def test_a_missing_tool_is_one_clear_line(
+    args: list[str], names: tuple[str, ...], tmp_path: Path
+) -> None:
+    """A Python with no tools beside it and a PATH without them: one line, no traceback."""
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.symlink_to(sys.executable)
+    result = subprocess.run(
+        [str(python), str(STACK_SCRIPT), *args, "--logs", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": str(python.parent), "HOME": str(tmp_path),
+             "OTEL_FLASK_METRICS_CACHE": str(tmp_path / "empty-cache")},
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("stack.py: ")
+    for name in names:
+        assert name in lines[0]
