@@ -10,9 +10,13 @@ server untouched so that its zero-copy path still applies.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -47,6 +51,51 @@ _KNOWN_METHODS = frozenset(
 )
 
 
+# Requests whose response body was freed while the cyclic garbage collector
+# ran, with when: they are finished at the next request (or at exit), never
+# inside the collector. The collector runs at any allocation, even one the SDK
+# makes while holding a lock that recording a metric takes (a deadlock), or
+# inside ast.parse (a nested parse raises SystemError on CPython 3.11).
+_released: deque[tuple[RequestRecord, float]] = deque()
+_collecting = False
+_hooks_installed = False
+
+
+def _track_collector(phase: str, info: dict[str, int]) -> None:
+    global _collecting
+    _collecting = phase == "start"
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if not _hooks_installed:
+        _hooks_installed = True
+        gc.callbacks.append(_track_collector)
+        # Before the providers' own exit hooks (registered earlier), so the
+        # last requests are exported.
+        atexit.register(finish_released)
+
+
+def _on_release(record: RequestRecord) -> None:
+    """A body was freed before its request ended: end it now, or soon if unsafe."""
+    if record.finished:
+        return
+    if _collecting:
+        _released.append((record, perf_counter()))
+    else:
+        finish_safely(record)
+
+
+def finish_released() -> None:
+    """Finish the requests whose body the collector freed."""
+    while _released:
+        try:
+            record, ended = _released.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        finish_safely(record, ended)
+
+
 class Middleware:
     """The WSGI wrapper around ``app.wsgi_app``.
 
@@ -61,6 +110,7 @@ class Middleware:
 
     def __init__(self, wrapped: WSGIApplication, state: AppState) -> None:
         self._state = state
+        _install_hooks()
         owner = getattr(wrapped, "__self__", None)
         function = getattr(wrapped, "__func__", None)
         self._app: weakref.ref[Flask] | None = None
@@ -98,6 +148,8 @@ class Middleware:
         return self._function(self._app(), environ, start_response)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if _released:
+            finish_released()
         try:
             record = begin_request(self._state, environ)
         except Exception:
@@ -219,10 +271,9 @@ class _ResponseBody:
 
     def __del__(self) -> None:
         # Neither exhausted nor closed: end the span and leave the in-flight
-        # count now rather than never.
-        record = self._record
-        if not record.finished:
-            finish_safely(record)
+        # count now (or at the next request) rather than never.
+        if not self._record.finished:
+            _on_release(self._record)
 
 
 def _is_server_file(body: object, file_wrapper: object) -> bool:
@@ -250,7 +301,7 @@ def _end_with_server_file(body: Any, record: RequestRecord) -> bool:
         return False
     # The request ends when the server drops the object, right after closing
     # it, at the latest (uWSGI's file objects cannot be hooked otherwise).
-    weakref.finalize(body, finish_safely, record)
+    weakref.finalize(body, _on_release, record)
     if hasattr(body, "__dict__"):
         # gunicorn's and wsgiref's wrappers: an instance attribute ``close``
         # is what the server calls when the transfer is over.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from time import perf_counter
+from time import perf_counter, time_ns
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, trace
@@ -111,8 +111,12 @@ class RequestRecord:
         self.exception: BaseException | None = None
         self.finished = False
 
-    def finish(self) -> None:
-        """End the span and record the metrics, once."""
+    def finish(self, ended: float | None = None) -> None:
+        """End the span and record the metrics, once.
+
+        :param ended: when the request ended (``perf_counter()``), if that was
+            before now; the duration and the span's end time then use it.
+        """
         if self.finished:
             return
         self.finished = True
@@ -120,8 +124,13 @@ class RequestRecord:
         attributes: dict[str, Any] | None = None
         request_size = 0
         error_type: str | None = None
+        end_time: int | None = None  # ns since the epoch; None: now
         try:
-            duration = max(perf_counter() - self.start, 0.0)
+            now = perf_counter()
+            if ended is not None:
+                end_time = time_ns() - int((now - ended) * 1e9)
+                now = ended
+            duration = max(now - self.start, 0.0)
             state = self.state
             status_code = _status_code(self.status)
             if self.exception is not None or status_code >= 500:
@@ -163,14 +172,18 @@ class RequestRecord:
             # and its span is ended.
             self.state.instruments.active_requests.end(self)
             if attributes is not None and span.is_recording():
-                self._end_span(attributes, request_size, error_type)
+                self._end_span(attributes, request_size, error_type, end_time)
             else:
-                span.end()
+                span.end(end_time)
             # environ -> record -> environ: break the cycle for the collector.
             self.environ.pop(ENVIRON_KEY, None)
 
     def _end_span(
-        self, attributes: dict[str, Any], request_size: int, error_type: str | None
+        self,
+        attributes: dict[str, Any],
+        request_size: int,
+        error_type: str | None,
+        end_time: int | None,
     ) -> None:
         """Everything a recorded span says beyond its metric attributes, then end it."""
         span = self.span
@@ -206,7 +219,7 @@ class RequestRecord:
             if error_type is not None:
                 span.set_status(Status(StatusCode.ERROR, error_type))
         finally:
-            span.end()
+            span.end(end_time)
 
     def _add_details(self, span_attributes: dict[str, Any]) -> None:
         """What a recorded span says of the request beyond its metrics.
@@ -307,8 +320,8 @@ def header_value(headers: list[tuple[str, str]] | None, name: str) -> str | None
     return None
 
 
-def finish_safely(record: RequestRecord) -> None:
+def finish_safely(record: RequestRecord, ended: float | None = None) -> None:
     try:
-        record.finish()
+        record.finish(ended)
     except Exception:
         _logger.debug("otel-flask-metrics: could not finish the request", exc_info=True)

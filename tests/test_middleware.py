@@ -278,3 +278,95 @@ def test_uninstrument_gives_back_flasks_own_method(
     FlaskMetrics.uninstrument_app(app)
     assert "wsgi_app" not in vars(app), "looked up on the class again, as before"
     assert app.test_client().get("/users/2").json == {"id": 2}
+
+
+# --- bodies freed by the cyclic garbage collector -------------------------------
+
+# A 500 whose response nobody reads or closes: the saved exception's traceback
+# makes a cycle, so only the cyclic collector frees the body, at any allocation.
+_UNREAD_ERROR_APP = """
+import gc, flask
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from otel_flask_metrics import FlaskMetrics
+
+app = flask.Flask("probe")
+app.config["PROPAGATE_EXCEPTIONS"] = False
+FlaskMetrics(app, tracer_provider=TracerProvider(),
+             meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
+app.add_url_rule("/boom", "boom", lambda: 1 / 0)
+app.add_url_rule("/ok", "ok", lambda: "ok")
+app.add_url_rule("/other", "other", lambda: "other")
+app.test_client().get("/ok").close()
+gc.disable()
+app.test_client().get("/boom")
+"""
+
+
+def _run_probe(code: str) -> str:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_a_body_freed_by_the_collector_inside_an_sdk_lock_does_not_deadlock() -> None:
+    """The collector runs at an allocation the SDK makes while holding its lock."""
+    stdout = _run_probe(
+        _UNREAD_ERROR_APP
+        + """
+import faulthandler
+from opentelemetry.sdk.metrics._internal import aggregation
+faulthandler.dump_traceback_later(20, exit=True)
+init = aggregation._ExplicitBucketHistogramAggregation.__init__
+def init_and_collect(self, *args, **kwargs):
+    gc.collect()
+    init(self, *args, **kwargs)
+aggregation._ExplicitBucketHistogramAggregation.__init__ = init_and_collect
+app.test_client().get("/other").close()  # a new label set: a new aggregation
+print("served")
+"""
+    )
+    assert "served" in stdout
+
+
+def test_a_body_freed_by_the_collector_inside_ast_parse_raises_nothing_there() -> None:
+    """Werkzeug parses Python for each URL rule; formatting a traceback there broke it."""
+    stdout = _run_probe(
+        _UNREAD_ERROR_APP
+        + """
+import ast
+gc.set_threshold(1)
+gc.enable()
+ast.parse("def f():\\n    return [x for x in range(3)]\\n")
+print("parsed")
+"""
+    )
+    assert "parsed" in stdout
+
+
+@pytest.mark.usefixtures("cyclic_collector_off")
+def test_a_request_freed_by_the_collector_ends_at_the_next_request_with_its_drop_time(
+    app: Flask, span_exporter: InMemorySpanExporter, metric_reader: InMemoryMetricReader
+) -> None:
+    import time
+
+    body, _ = start(app, "/users/9")
+    cycle: list[Any] = [body]
+    cycle.append(cycle)
+    del body, cycle
+    gc.collect()
+    collected_at = time.time_ns()
+    assert span_exporter.get_finished_spans() == (), "nothing is done inside the collector"
+    time.sleep(0.05)  # a measurable gap between the drop and the next request
+    assert app.test_client().get("/users/1").json == {"id": 1}
+    first, second = span_exporter.get_finished_spans()
+    assert first.attributes["http.route"] == "/users/<int:user_id>"
+    assert first.end_time <= collected_at, "ended when it was dropped, not at the next request"
+    assert durations(metric_reader) == 2
+    assert in_flight(app) == 0
