@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs everything the tests need, then runs them all.
-#   - Python deps into .venv (the package itself, editable, with its test extras)
+#   - Python deps into .venv (the package itself, editable, with its test extras),
+#     with the pip that `python3 -m venv` gives: never upgraded first, so the
+#     resolver users have is the one that must solve our dependencies
+#     (tests/packaging also installs the built wheel with pip 23.2, 24.0, 25.x,
+#     26.x and uv in clean venvs)
 #   - Prometheus, promtool, Alertmanager and amtool from Debian, if missing
 #   - the OpenTelemetry Collector from collector-config/builder-manifest.yaml
 #     (built with Go and the Collector Builder; cached by manifest hash)
@@ -33,7 +37,7 @@ prometheus --version 2>&1 | head -n 1
 step "python environment"
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip --version
 .venv/bin/python -m pip install -q -e ".[test]"
 export PATH="$PWD/.venv/bin:$PATH"
 
