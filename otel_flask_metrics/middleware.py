@@ -184,6 +184,12 @@ class Middleware:
             raise
         finally:
             context.detach(token)
+        if type(body) is list or type(body) is tuple:
+            # A body already in memory, from an app's own middleware: servers
+            # read its length (wsgiref sets Content-Length for one chunk), so
+            # it goes back as it is, and the request ends here.
+            _end_with_sequence(body, record)
+            return body
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and _is_server_file(body, file_wrapper):
             try:
@@ -274,6 +280,18 @@ class _ResponseBody:
         # count now (or at the next request) rather than never.
         if not self._record.finished:
             _on_release(self._record)
+
+
+def _end_with_sequence(body: list[bytes] | tuple[bytes, ...], record: RequestRecord) -> None:
+    try:
+        prefix = record.response_body
+        for chunk in body:
+            record.response_size += len(chunk)
+            if prefix is not None:
+                prefix.add(chunk)
+    except Exception:
+        _logger.debug("otel-flask-metrics: could not count a sequence body", exc_info=True)
+    finish_safely(record)
 
 
 def _is_server_file(body: object, file_wrapper: object) -> bool:

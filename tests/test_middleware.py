@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from wsgiref.util import FileWrapper
@@ -68,6 +69,16 @@ def app(download: Path, tracer_provider: TracerProvider, meter_provider: MeterPr
     app = make_app(download)
     FlaskMetrics(app, tracer_provider=tracer_provider, meter_provider=meter_provider)
     return app
+
+
+@contextmanager
+def closing_body(body: Iterable[bytes]) -> Iterator[Iterable[bytes]]:
+    try:
+        yield body
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
 
 
 def in_flight(app: Flask) -> int:
@@ -370,3 +381,41 @@ def test_a_request_freed_by_the_collector_ends_at_the_next_request_with_its_drop
     assert first.end_time <= collected_at, "ended when it was dropped, not at the next request"
     assert durations(metric_reader) == 2
     assert in_flight(app) == 0
+
+
+# --- bodies already in memory ---------------------------------------------------
+
+
+def test_a_list_body_from_an_app_middleware_goes_back_as_it_is(
+    download: Path, tracer_provider: TracerProvider, meter_provider: MeterProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    """wsgiref sets Content-Length for a one-item list: the server must still see the list."""
+    from io import BytesIO
+    from wsgiref.handlers import SimpleHandler
+
+    def served(instrumented: bool) -> bytes:
+        app = make_app(download)
+        inner = app.wsgi_app
+
+        def buffering(environ: Any, start_response: Any) -> Any:
+            def without_length(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+                kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
+                return start_response(status, kept, exc_info)
+
+            with closing_body(inner(environ, without_length)) as body:
+                return [b"".join(body)]
+
+        app.wsgi_app = buffering  # type: ignore[method-assign]
+        if instrumented:
+            FlaskMetrics(app, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        environ = EnvironBuilder(path="/users/3").get_environ()
+        out = BytesIO()
+        SimpleHandler(BytesIO(), out, BytesIO(), environ).run(app.wsgi_app)
+        return b"\n".join(x for x in out.getvalue().split(b"\n") if not x.startswith(b"Date:"))
+
+    bare, instrumented = served(False), served(True)
+    assert b"Content-Length: 9" in bare, "set by the server from the one-item list"
+    assert instrumented == bare
+    (span,) = span_exporter.get_finished_spans()
+    assert span.attributes["http.response.body.size"] == 9
