@@ -3,7 +3,10 @@
 During a long Collector outage the batch processor's queue fills and the SDK
 logs "Queue full, dropping spans." for every request; a client sending a
 malformed ``baggage`` header makes the propagator warn on every request it
-sends. Both are worth one line, not thousands. This filter lets the first
+sends; with no Collector listening, the OTLP exporters log every failed
+export and every retry (4 lines a minute per worker and signal, from the first
+minute on, for an app started before its Collector). All are worth one line,
+not thousands. This filter lets the first
 occurrence of a message through, then at most one line per interval saying how
 many were suppressed. The drops themselves are still counted by the SDK.
 """
@@ -20,6 +23,10 @@ INTERVAL = 60.0  # seconds between two lines about the same message
 THROTTLED_LOGGERS = (
     "opentelemetry.sdk._shared_internal",
     "opentelemetry.baggage.propagation",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
 )
 
 

@@ -59,3 +59,30 @@ def test_the_next_line_says_how_many_were_held_back(monkeypatch: pytest.MonkeyPa
     later = record()
     assert throttle.filter(later)
     assert later.getMessage() == "Queue full, dropping spans. (41 more like this in the last 60 s)"
+
+
+def test_exports_to_an_absent_collector_are_logged_once_not_per_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real HTTP exporter against a closed loopback port: every retry used to log."""
+    import socket
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: nothing listens
+    install()
+    exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces", timeout=1)
+    span = TracerProvider().get_tracer("t").start_span("request")
+    span.end()
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(4):
+                exporter.export([span])  # type: ignore[list-item]
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry.exporter")]
+        messages = {r.msg for r in caplog.records if r.name.startswith("opentelemetry.exporter")}
+        assert lines, "the first failure is logged"
+        assert len(lines) == len(messages), f"each kind of line once: {lines}"
+    finally:
+        exporter.shutdown()
