@@ -22,7 +22,9 @@ How it works, and why:
   the response body is exhausted or closed, whichever comes first, so the
   duration covers streamed bodies, and a host that reads the body but never
   calls ``close()`` (the Flask test client, some middleware) still records the
-  request. A body that is dropped unread ends the request when it is freed.
+  request. A body that is dropped unread ends the request when it is freed
+  (at the next request when the cyclic collector freed it: nothing runs
+  inside the collector).
   The response size is the bytes the server was handed, counted as they flow
   (never buffered). A client that disconnects mid-stream gets what was sent.
 * A file the app sends with the server's ``wsgi.file_wrapper`` (``send_file``)
@@ -37,6 +39,9 @@ How it works, and why:
   the route template (never the raw path) and the consumer.
 * None of our code may break a request: every step is guarded, and an app's
   own exception passes through unchanged.
+
+The WSGI side lives in :mod:`.middleware`, and how a request becomes a span
+and metric records in :mod:`.request_record`.
 """
 
 from __future__ import annotations
