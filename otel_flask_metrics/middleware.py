@@ -24,6 +24,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation.wsgi import wsgi_getter
 from opentelemetry.semconv.attributes import url_attributes
 from opentelemetry.trace import SpanKind
+from werkzeug.wsgi import ClosingIterator
 
 from .capture import BodyPrefix, CapturingInput, is_textual
 from .request_record import (
@@ -184,19 +185,10 @@ class Middleware:
             raise
         finally:
             context.detach(token)
-        if type(body) is list or type(body) is tuple:
-            # A body already in memory, from an app's own middleware: servers
-            # read its length (wsgiref sets Content-Length for one chunk), so
-            # it goes back as it is, and the request ends here.
-            _end_with_sequence(body, record)
+        # Flask's own responses are a ClosingIterator: only other bodies (a
+        # server's file, an app middleware's list) need a second look.
+        if type(body) is not ClosingIterator and _handed_back(body, record, environ):
             return body
-        file_wrapper = environ.get("wsgi.file_wrapper")
-        if file_wrapper is not None and _is_server_file(body, file_wrapper):
-            try:
-                if _end_with_server_file(body, record):
-                    return body
-            except Exception:
-                _logger.debug("otel-flask-metrics: could not follow a file body", exc_info=True)
         return _ResponseBody(body, record)
 
 
@@ -280,6 +272,22 @@ class _ResponseBody:
         # count now (or at the next request) rather than never.
         if not self._record.finished:
             _on_release(self._record)
+
+
+def _handed_back(body: Iterable[bytes], record: RequestRecord, environ: WSGIEnvironment) -> bool:
+    """Whether ``body`` goes back to the server as it is, a server special-casing it."""
+    if type(body) is list or type(body) is tuple:
+        # A body already in memory: servers read its length (wsgiref sets
+        # Content-Length for one chunk); the request ends here.
+        _end_with_sequence(body, record)
+        return True
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if file_wrapper is not None and _is_server_file(body, file_wrapper):
+        try:
+            return _end_with_server_file(body, record)
+        except Exception:
+            _logger.debug("otel-flask-metrics: could not follow a file body", exc_info=True)
+    return False
 
 
 def _end_with_sequence(body: list[bytes] | tuple[bytes, ...], record: RequestRecord) -> None:
