@@ -23,6 +23,23 @@ EXPECTED_UIDS = {"ofm-overview", "ofm-endpoints", "ofm-consumers", "ofm-uptime"}
 FILTER_VARIABLES = ("service", "environment", "consumer", "consumer_group", "route")
 # Series Prometheus makes itself rather than receiving from the Collector.
 PROMETHEUS_SERIES = {"ALERTS", "ALERTS_FOR_STATE", "up"}
+# Each worker's process metrics (opentelemetry-instrumentation-system-metrics):
+# they have the service's labels but no route or consumer.
+PROCESS_SERIES = {"process_memory_usage_bytes", "process_cpu_time_seconds_total"}
+# The Collector's httpcheck receiver: one series set per probed URL, no service.
+PROBE_SERIES = {"httpcheck_status", "httpcheck_error", "httpcheck_duration_milliseconds"}
+RECORDING_RULES = dq.REPO / "prometheus" / "recording_rules.yml"
+RECORDED_SERIES = {
+    rule["record"]
+    for group in yaml.safe_load(RECORDING_RULES.read_text(encoding="utf-8"))["groups"]
+    for rule in group["rules"]
+}
+# Which variables the selectors of a series must filter on (the API metrics:
+# all of FILTER_VARIABLES).
+SELECTOR_VARIABLES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(PROCESS_SERIES, ("service", "environment")),
+    **dict.fromkeys(PROBE_SERIES | RECORDED_SERIES, ()),
+}
 # Grafana's global variables and data-link variables.
 GRAFANA_BUILTINS = {
     "__rate_interval",
@@ -247,7 +264,13 @@ def test_metric_name_extraction() -> None:
 
 @by_dashboard
 def test_every_metric_name_is_emitted(uid: str) -> None:
-    known = prometheus_series_names() | PROMETHEUS_SERIES
+    known = (
+        prometheus_series_names()
+        | PROMETHEUS_SERIES
+        | PROCESS_SERIES
+        | PROBE_SERIES
+        | RECORDED_SERIES
+    )
     for where, expr in dq.iter_queries(DASHBOARDS[uid]):
         names = metric_names(expr)
         assert names, f"{uid} / {where}: no metric in {expr!r}"
@@ -269,9 +292,16 @@ def test_every_panel_selector_filters_on_every_variable(uid: str) -> None:
     for panel in _panels(DASHBOARDS[uid]):
         for target in panel.get("targets", []):
             selectors = _SELECTOR.findall(target["expr"])
-            assert selectors, f"{panel['title']}: no selector"
+            # Series without filters (probes) may be selected by bare name.
+            unfiltered = {
+                m for m in metric_names(target["expr"]) if not SELECTOR_VARIABLES.get(m, 1)
+            }
+            assert selectors or unfiltered, f"{panel['title']}: no selector"
             for metric, matchers in selectors:
+                required = SELECTOR_VARIABLES.get(metric, FILTER_VARIABLES)
                 for var, label in label_of.items():
+                    if var not in required:
+                        continue
                     assert f'{label}=~"${var}"' in matchers, (
                         f"{panel['title']}: {metric} lacks ${var}"
                     )

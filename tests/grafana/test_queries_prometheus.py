@@ -1,8 +1,11 @@
 """Every dashboard query, run against a real Prometheus holding known data.
 
 A small data set shaped like what the Collector remote-writes (one series set
-per worker process, counters born non-zero) is backfilled with
-``promtool tsdb create-blocks-from openmetrics``; then ``prometheus`` serves it
+per worker process, counters born non-zero; worker process metrics; httpcheck
+probes of a few URLs) is backfilled with
+``promtool tsdb create-blocks-from openmetrics``; the recording rules of
+``prometheus/recording_rules.yml`` are evaluated over it and backfilled with
+``promtool tsdb create-blocks-from rules``; then ``prometheus`` serves it all
 and each substituted query is sent to ``/api/v1/query``. This catches PromQL
 syntax errors (Grafana cannot run here) and checks the numbers of the key
 panels exactly.
@@ -11,6 +14,7 @@ panels exactly.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from stack import Service, free_port  # type: ignore[import-not-found]
 
 from tests.grafana import dashboard_queries as dq
@@ -36,6 +41,7 @@ def _binaries_installed() -> None:
     missing = [name for name in ("prometheus", "promtool") if not shutil.which(name)]
     assert not missing, f"{missing} not installed: apt-get install prometheus"
 
+
 STARTUP_TIMEOUT = 30.0  # seconds
 QUERY_TIMEOUT = 10.0  # seconds
 MINUTES = 30  # length of the data set, one sample per minute per series
@@ -43,6 +49,7 @@ MINUTES = 30  # length of the data set, one sample per minute per series
 # Panels whose queries may rightly return nothing on this data set: no alert
 # rules are loaded, so there are no ALERTS series.
 MAY_BE_EMPTY = {"Active alerts (ALERTS)", "Alerts over time"}
+RECORDING_RULES = dq.REPO / "prometheus" / "recording_rules.yml"
 
 DURATION_LE = (
     "0.005",
@@ -178,6 +185,63 @@ def _histogram_lines(
     return lines
 
 
+# Worker process metrics: (resident bytes, CPU seconds per minute); i3 is a
+# worker started at minute 25 (a restart), exporting process metrics only.
+WORKERS = {"i1": (50_000_000, 6.0), "i2": (60_000_000, 3.0), "i3": (40_000_000, 1.5)}
+I3_BORN = 25  # minute
+
+# httpcheck probes, one a minute: URL -> (minute -> status code, 0 for no
+# answer), as the receiver reports them (one series per status code and class).
+HEALTH_URL = "http://shop:8000/health"
+ORDERS_URL = "http://shop:8000/orders"
+BILLING_URL = "http://billing:9000/"
+PROBES: dict[str, dict[int, int]] = {
+    HEALTH_URL: dict.fromkeys(range(MINUTES + 1), 200),
+    # 500s from minute 20 to minute 24.
+    ORDERS_URL: {m: 500 if 20 <= m <= 24 else 200 for m in range(MINUTES + 1)},
+    # Never answers.
+    BILLING_URL: dict.fromkeys(range(MINUTES + 1), 0),
+}
+PROBE_MS = {HEALTH_URL: 12.0, ORDERS_URL: 30.0, BILLING_URL: 5000.0}
+
+
+def _probe_lines(minute: int, ts: int) -> list[str]:
+    lines = []
+    for url, answers in PROBES.items():
+        code = answers[minute]
+        for klass in ("1xx", "2xx", "3xx", "4xx", "5xx"):
+            labels = {
+                "http_url": url,
+                "http_method": "GET",
+                "http_status_code": str(code),
+                "http_status_class": klass,
+            }
+            value = int(code // 100 == int(klass[0]))
+            lines.append(f"httpcheck_status{{{_labels(labels)}}} {value} {ts}")
+        if code == 0:
+            error = {"http_url": url, "error_message": "connection refused"}
+            lines.append(f"httpcheck_error{{{_labels(error)}}} 1 {ts}")
+        lines.append(
+            f"httpcheck_duration_milliseconds{{{_labels({'http_url': url})}}} {PROBE_MS[url]} {ts}"
+        )
+    return lines
+
+
+def _process_lines(minute: int, ts: int) -> list[str]:
+    lines = []
+    for instance, (rss, cpu_per_minute) in WORKERS.items():
+        born = I3_BORN if instance == "i3" else 0
+        if minute < born:
+            continue
+        worker = _worker(instance)
+        lines.append(f"process_memory_usage_bytes{{{_labels(worker)}}} {rss} {ts}")
+        for mode, share in (("user", 2 / 3), ("system", 1 / 3)):
+            seconds = (minute - born + 1) * cpu_per_minute * share
+            labels = _labels({**worker, "cpu_mode": mode})
+            lines.append(f"process_cpu_time_seconds_total{{{labels}}} {seconds} {ts}")
+    return lines
+
+
 def openmetrics(start: int) -> str:
     """The data set as OpenMetrics text, samples at ``start + 60 * minute``."""
     lines: list[str] = []
@@ -214,6 +278,8 @@ def openmetrics(start: int) -> str:
         for instance in ("i1", "i2"):
             gauge = {**_worker(instance), "http_request_method": "GET"}
             lines.append(f"http_server_active_requests{{{_labels(gauge)}}} 0 {ts}")
+        lines += _probe_lines(minute, ts)
+        lines += _process_lines(minute, ts)
     # OpenMetrics wants each metric family's samples together.
     lines.sort(key=lambda line: line.split("{", 1)[0])
     return "\n".join(lines) + "\n# EOF\n"
@@ -265,11 +331,81 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         tmp,
         ready_url=f"{url}/-/ready",
     ).start()
+    end = start + 60 * MINUTES
     try:
         server.wait_ready(STARTUP_TIMEOUT)
-        yield Prometheus(url, start + 60 * MINUTES)
+        # Blocks written next to a running Prometheus are read at its start.
+        for number, rules in enumerate(_rule_passes()):
+            _backfill_rules(url, start, end, rules, tmp / f"rules-{number}", storage)
+            server.stop()
+            server.start().wait_ready(STARTUP_TIMEOUT)
+        yield Prometheus(url, end)
     finally:
         server.stop()
+
+
+def _rule_passes() -> list[list[dict[str, Any]]]:
+    """The recording rules in the order they can be backfilled.
+
+    Backfilling evaluates each rule against what Prometheus already holds, so a
+    rule reading another recording can only run once that one's blocks are in.
+    """
+    rules = [
+        rule
+        for group in yaml.safe_load(RECORDING_RULES.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+    ]
+
+    def reads(rule: dict[str, Any]) -> set[str]:
+        return {
+            other["record"]
+            for other in rules
+            if re.search(rf"(?<![\w:]){re.escape(other['record'])}(?![\w:])", rule["expr"])
+        }
+
+    passes: list[list[dict[str, Any]]] = []
+    done: set[str] = set()
+    pending = rules
+    while pending:
+        ready = [rule for rule in pending if reads(rule) <= done]
+        assert ready, f"recording rules read each other in a cycle: {pending}"
+        passes.append(ready)
+        done |= {rule["record"] for rule in ready}
+        pending = [rule for rule in pending if rule not in ready]
+    return passes
+
+
+def _backfill_rules(
+    url: str, start: int, end: int, rules: list[dict[str, Any]], work: Path, storage: Path
+) -> None:
+    """Evaluate ``rules`` once a minute over the data set and add the blocks to ``storage``."""
+    work.mkdir()
+    rule_file = work / "rules.yml"
+    rule_file.write_text(
+        yaml.safe_dump({"groups": [{"name": work.name, "rules": rules}]}), encoding="utf-8"
+    )
+    blocks = work / "blocks"
+    subprocess.run(
+        [
+            "promtool",
+            "tsdb",
+            "create-blocks-from",
+            "rules",
+            f"--url={url}",
+            f"--start={start}",
+            f"--end={end}",
+            "--eval-interval=1m",
+            f"--output-dir={blocks}",
+            str(rule_file),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    made = [block for block in blocks.iterdir() if block.is_dir()]
+    assert made, f"no blocks recorded from {rule_file}"
+    for block in made:
+        block.rename(storage / block.name)
 
 
 ALL_QUERIES = [
@@ -405,3 +541,58 @@ def test_variable_queries_list_the_label_values(prometheus: Prometheus) -> None:
     assert values("consumer") == {"c1", "c2"}
     assert values("consumer", {"consumer_group": "g2"}) == {"c2"}
     assert values("route") == {USERS_ROUTE, "/orders", "/health"}
+
+
+def test_probed_urls_from_the_recording_rules(prometheus: Prometheus) -> None:
+    def column(index: int) -> dict[tuple[str, ...], float]:
+        return _by(_run(prometheus, _panel_query("ofm-uptime", "Probed URLs", index)), "http_url")
+
+    # The latest probes: orders answers 200 again, billing never answered.
+    assert column(0) == {(HEALTH_URL,): 1, (ORDERS_URL,): 1, (BILLING_URL,): 0}
+    # The backfilled rule group records once a minute a little after each
+    # minute (its evaluation offset), so minute 0..29 are recorded, not minute
+    # 30; orders failed at 20..24.
+    availability = {(HEALTH_URL,): 1, (ORDERS_URL,): 25 / 30, (BILLING_URL,): 0}
+    assert column(1) == pytest.approx(availability)  # in the range (1h: all of it)
+    # 30 days: the once-a-minute group's evaluation offset moves with the wall
+    # clock, so its window holds 29 or 30 of the recorded minutes.
+    assert column(2) == pytest.approx(availability, abs=0.01)
+    minute_ms = 60_000
+    # Last failure, to the step: the subquery step at minute 25 still sees the
+    # failure recorded just after minute 24. None for health.
+    assert column(3) == {
+        (ORDERS_URL,): prometheus.end * 1000 - 5 * minute_ms,
+        (BILLING_URL,): prometheus.end * 1000,
+    }
+    assert column(4) == {(HEALTH_URL,): 12, (ORDERS_URL,): 30, (BILLING_URL,): 5000}
+    latency = _by(_run(prometheus, _panel_query("ofm-uptime", "Probe latency")), "http_url")
+    assert latency == column(4)
+    # (25m, 30m]: all five probes of orders succeeded; where the recorded
+    # minutes fall against the wall clock, the 5-minute window may still hold
+    # the last failed minute (4 of 5).
+    recent = _by(_run(prometheus, _panel_query("ofm-uptime", "Probe availability")), "http_url")
+    assert recent[(HEALTH_URL,)] == 1 and recent[(BILLING_URL,)] == 0
+    assert recent[(ORDERS_URL,)] in (1, 0.8)
+
+
+def test_worker_health(prometheus: Prometheus) -> None:
+    def workers(title: str) -> dict[tuple[str, ...], float]:
+        result = _run(prometheus, _panel_query("ofm-uptime", title))
+        return _by(result, "service_name", "service_instance_id")
+
+    assert workers("Worker memory (RSS)") == {
+        ("shop", instance): rss for instance, (rss, _) in WORKERS.items()
+    }
+    cpu = workers("Worker CPU")
+    assert cpu == pytest.approx(
+        {("shop", instance): per_minute / 60 for instance, (_, per_minute) in WORKERS.items()}
+    )
+    assert _by(_run(prometheus, _panel_query("ofm-uptime", "Worker starts")), "service_name") == {
+        ("shop",): 0
+    }
+    # At the minute i3 began exporting, one worker started.
+    starts = dq.substitute(_panel_query("ofm-uptime", "Worker starts"), {}, **SETTINGS)
+    born_at = prometheus.end - 60 * (MINUTES - I3_BORN)
+    answer = prometheus.query(starts, at=born_at)
+    assert answer["status"] == "success", answer
+    assert _by(answer["data"]["result"], "service_name") == {("shop",): 1}
