@@ -68,6 +68,7 @@ class Settings:
     max_consumers: int = 1000
     parse_user_agent: bool = False
     sdk_fast_path: bool = True
+    process_metrics: bool = True
     redact_keys: tuple[str, ...] = ()
     redact_keys_replace: bool = False
     redact_patterns: tuple[str, ...] = ()
@@ -288,6 +289,15 @@ OPTIONS: tuple[Option[Any], ...] = (
         "Clean and hash flat metric attributes in one loop instead of the SDK's general "
         "path (same results, checked at startup; nearly half the cost of a request's "
         "metric records). Turn off to run the SDK's own code.",
+        "false",
+    ),
+    Option(
+        "process_metrics",
+        _parse_bool,
+        "bool",
+        "Export each worker process's CPU time, memory (RSS) and uptime "
+        "(process.cpu.time, process.memory.usage, process.uptime), read once per "
+        "metric export, never per request.",
         "false",
     ),
     Option(

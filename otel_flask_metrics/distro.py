@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from . import log_throttle
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import DEFAULT_HASH_KEY
+from .process_metrics import ProcessMetrics
 from .redaction import (
     RedactingLogRecordProcessor,
     RedactingSpanExporter,
@@ -174,6 +175,9 @@ def configure(environ: Mapping[str, str] | None = None, **options: Any) -> Provi
     resource = _setup_resource(settings)
     tracer_provider = _setup_tracing(resource, settings, env, problems)
     meter_provider = _setup_metrics(resource, env, problems)
+    if settings.process_metrics:
+        # Observable instruments register on the provider, so it must exist.
+        ProcessMetrics().register(meter_provider)
     _setup_logging(resource, settings, env, problems)
     report_problems(problems)  # deduplicated: a bad protocol is one line
     trace.set_tracer_provider(tracer_provider)
