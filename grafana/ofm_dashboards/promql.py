@@ -3,8 +3,8 @@
 Every builder returns a string; :func:`sel` puts the five template-variable
 matchers (:data:`FILTERS`) on every selector of the API metrics, and
 :func:`service_sel` the service's two on the worker process metrics, which have
-no route or consumer. The probe series (one per URL, from the Collector) are
-not filtered: a probed URL belongs to no service label.
+no route or consumer. The probe series (one per URL, from the blackbox
+exporter) are not filtered: a probed URL belongs to no service label.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ ACTIVE_REQUESTS = "http_server_active_requests"
 PROCESS_MEMORY = "process_memory_usage_bytes"  # resident set size, bytes
 PROCESS_CPU = "process_cpu_time_seconds_total"  # CPU seconds, per cpu mode
 
-# The Collector's httpcheck receiver (label http_url) and the recordings of
+# The uptime probes: the blackbox exporter, scraped by Prometheus as job
+# "uptime" (label instance: the probed URL), and the recordings of
 # prometheus/recording_rules.yml made from it.
-PROBE_DURATION = "httpcheck_duration_milliseconds"
-PROBE_SUCCESS = "url:httpcheck_success:max"  # 1 when the latest probe got a 2xx
-PROBE_AVAILABILITY_5M = "url:httpcheck_success:avg_over_time5m"
-PROBE_AVAILABILITY_30D = "url:httpcheck_success:avg_over_time30d"
+PROBE_DURATION = 'probe_duration_seconds{job="uptime"}'  # seconds, up to the timeout
+PROBE_STATUS_CODE = 'probe_http_status_code{job="uptime"}'  # 0 when nothing answered
+PROBE_SUCCESS = "instance:probe_success:max"  # 1 when the latest probe got a 2xx
+PROBE_AVAILABILITY_5M = "instance:probe_success:avg_over_time5m"
+PROBE_AVAILABILITY_30D = "instance:probe_success:avg_over_time30d"
 
 # Prometheus label -> template variable filtering it, in the order the
 # variables are chained (each variable's options are narrowed by the ones
@@ -51,7 +53,7 @@ CONSUMER = ("api_consumer_id", "api_consumer_group")
 ENDPOINT = ("http_route", "http_request_method")
 SERVICE = ("service_name", "deployment_environment_name")
 WORKER = ("service_name", "service_instance_id")
-URL = ("http_url",)
+URL = ("instance",)  # the probed URL, on the uptime job's series
 
 
 def sel(metric: str, *extra: str) -> str:

@@ -9,6 +9,7 @@ from .promql import (
     PROBE_AVAILABILITY_5M,
     PROBE_AVAILABILITY_30D,
     PROBE_DURATION,
+    PROBE_STATUS_CODE,
     PROBE_SUCCESS,
     PROCESS_CPU,
     PROCESS_MEMORY,
@@ -184,8 +185,9 @@ def uptime() -> JSON:
 
 
 def probe_panels() -> list[tuple[JSON, int, int]]:
-    """The probed URLs: the Collector's httpcheck receiver, through the recordings
-    of prometheus/recording_rules.yml (one series per URL, not per service)."""
+    """The probed URLs: the blackbox exporter's probes (job ``uptime``), through
+    the recordings of prometheus/recording_rules.yml (one series per URL, not
+    per service). A failed scrape of the exporter counts as a failed probe."""
     url = by(URL)
     success = f"max by ({url}) ({PROBE_SUCCESS})"
     # The step of the subquery is the step at which the failure was recorded.
@@ -194,15 +196,17 @@ def probe_panels() -> list[tuple[JSON, int, int]]:
         " * 1000"
     )
     return [
-        (row("URL probes (Collector httpcheck receiver)"), 24, 1),
+        (row("URL probes (blackbox exporter)"), 24, 1),
         (
             table(
                 "Probed URLs",
-                "Each URL the Collector probes: whether its latest probe got a 2xx answer,"
-                " the share of successful probes in the selected range and in the last"
-                " 30 days, when a probe last failed in the selected range, and the latest"
-                " probe's duration. A URL that does not answer counts as failed.",
-                [LabelColumn("http_url", "URL")],
+                "Each URL the blackbox exporter probes: whether its latest probe got a 2xx"
+                " answer, the share of successful probes in the selected range and in the"
+                " last 30 days, when a probe last failed in the selected range, and the"
+                " latest probe's status code (0: no answer) and duration. A URL that does"
+                " not answer counts as failed, and so does a probe the exporter did not"
+                " deliver.",
+                [LabelColumn("instance", "URL")],
                 [
                     Column("Up", success, "bool_yes_no"),
                     Column(
@@ -218,7 +222,8 @@ def probe_panels() -> list[tuple[JSON, int, int]]:
                         3,
                     ),
                     Column("Last failure", last_failure, "dateTimeFromNow"),
-                    Column("Probe duration", f"max by ({url}) ({PROBE_DURATION})", "ms"),
+                    Column("Status code", f"max by ({url}) ({PROBE_STATUS_CODE})", "none"),
+                    Column("Probe duration", f"max by ({url}) ({PROBE_DURATION})", "s"),
                 ],
                 sort_by="Last failure",
             ),
@@ -230,7 +235,7 @@ def probe_panels() -> list[tuple[JSON, int, int]]:
                 "Probe availability",
                 "Share of successful probes of each URL over the preceding 5 minutes.",
                 "percentunit",
-                [Query(f"max by ({url}) ({PROBE_AVAILABILITY_5M})", legend="{{http_url}}")],
+                [Query(f"max by ({url}) ({PROBE_AVAILABILITY_5M})", legend="{{instance}}")],
                 max_value=1,
             ),
             12,
@@ -239,9 +244,9 @@ def probe_panels() -> list[tuple[JSON, int, int]]:
         (
             timeseries(
                 "Probe latency",
-                "How long each URL's probe took to get its answer.",
-                "ms",
-                [Query(f"max by ({url}) ({PROBE_DURATION})", legend="{{http_url}}")],
+                "How long each URL's probe took to get its answer (or to give up).",
+                "s",
+                [Query(f"max by ({url}) ({PROBE_DURATION})", legend="{{instance}}")],
             ),
             12,
             8,

@@ -26,8 +26,9 @@ PROMETHEUS_SERIES = {"ALERTS", "ALERTS_FOR_STATE", "up"}
 # Each worker's process metrics (opentelemetry-instrumentation-system-metrics):
 # they have the service's labels but no route or consumer.
 PROCESS_SERIES = {"process_memory_usage_bytes", "process_cpu_time_seconds_total"}
-# The Collector's httpcheck receiver: one series set per probed URL, no service.
-PROBE_SERIES = {"httpcheck_status", "httpcheck_error", "httpcheck_duration_milliseconds"}
+# The blackbox exporter's probes, scraped as job "uptime": one series set per
+# probed URL (label instance), no service.
+PROBE_SERIES = {"probe_success", "probe_duration_seconds", "probe_http_status_code"}
 RECORDING_RULES = dq.REPO / "prometheus" / "recording_rules.yml"
 RECORDED_SERIES = {
     rule["record"]

@@ -1,8 +1,9 @@
 """Every dashboard query, run against a real Prometheus holding known data.
 
 A small data set shaped like what the Collector remote-writes (one series set
-per worker process, counters born non-zero; worker process metrics; httpcheck
-probes of a few URLs) is backfilled with
+per worker process, counters born non-zero; worker process metrics) and like
+what Prometheus scrapes from the blackbox exporter (uptime probes of a few
+URLs) is backfilled with
 ``promtool tsdb create-blocks-from openmetrics``; the recording rules of
 ``prometheus/recording_rules.yml`` are evaluated over it and backfilled with
 ``promtool tsdb create-blocks-from rules``; then ``prometheus`` serves it all
@@ -190,40 +191,43 @@ def _histogram_lines(
 WORKERS = {"i1": (50_000_000, 6.0), "i2": (60_000_000, 3.0), "i3": (40_000_000, 1.5)}
 I3_BORN = 25  # minute
 
-# httpcheck probes, one a minute: URL -> (minute -> status code, 0 for no
-# answer), as the receiver reports them (one series per status code and class).
+# Uptime probes: the blackbox exporter scraped as job "uptime" every 15
+# seconds (SCRAPE), the URL as the instance label. URL -> (minute -> status
+# code of the answer, 0 for none, None for a failed scrape: up 0 and no probe
+# series). A state holds for all the scrapes of its minute.
+SCRAPE = 15  # seconds
 HEALTH_URL = "http://shop:8000/health"
 ORDERS_URL = "http://shop:8000/orders"
 BILLING_URL = "http://billing:9000/"
-PROBES: dict[str, dict[int, int]] = {
+SEARCH_URL = "http://search:7000/health"
+PROBES: dict[str, dict[int, int | None]] = {
     HEALTH_URL: dict.fromkeys(range(MINUTES + 1), 200),
     # 500s from minute 20 to minute 24.
     ORDERS_URL: {m: 500 if 20 <= m <= 24 else 200 for m in range(MINUTES + 1)},
     # Never answers.
     BILLING_URL: dict.fromkeys(range(MINUTES + 1), 0),
+    # Its scrapes fail from minute 10 to minute 14. Backfilled data has no
+    # staleness markers, so the last probe_success (1) stays in the lookback:
+    # the recording rules must still count those minutes as down.
+    SEARCH_URL: {m: None if 10 <= m <= 14 else 200 for m in range(MINUTES + 1)},
 }
-PROBE_MS = {HEALTH_URL: 12.0, ORDERS_URL: 30.0, BILLING_URL: 5000.0}
+PROBE_SECONDS = {HEALTH_URL: 0.012, ORDERS_URL: 0.03, BILLING_URL: 5.0, SEARCH_URL: 0.02}
 
 
 def _probe_lines(minute: int, ts: int) -> list[str]:
+    """The scrapes of the uptime job in the minute from ``ts`` (only the first
+    at the last minute, so that no sample lies after the data set's end)."""
     lines = []
-    for url, answers in PROBES.items():
-        code = answers[minute]
-        for klass in ("1xx", "2xx", "3xx", "4xx", "5xx"):
-            labels = {
-                "http_url": url,
-                "http_method": "GET",
-                "http_status_code": str(code),
-                "http_status_class": klass,
-            }
-            value = int(code // 100 == int(klass[0]))
-            lines.append(f"httpcheck_status{{{_labels(labels)}}} {value} {ts}")
-        if code == 0:
-            error = {"http_url": url, "error_message": "connection refused"}
-            lines.append(f"httpcheck_error{{{_labels(error)}}} 1 {ts}")
-        lines.append(
-            f"httpcheck_duration_milliseconds{{{_labels({'http_url': url})}}} {PROBE_MS[url]} {ts}"
-        )
+    for scrape_ts in range(ts, ts + 60 if minute < MINUTES else ts + 1, SCRAPE):
+        for url, answers in PROBES.items():
+            code = answers[minute]
+            target = _labels({"job": "uptime", "instance": url})
+            lines.append(f"up{{{target}}} {int(code is not None)} {scrape_ts}")
+            if code is None:
+                continue
+            lines.append(f"probe_success{{{target}}} {int(200 <= code <= 299)} {scrape_ts}")
+            lines.append(f"probe_http_status_code{{{target}}} {code} {scrape_ts}")
+            lines.append(f"probe_duration_seconds{{{target}}} {PROBE_SECONDS[url]} {scrape_ts}")
     return lines
 
 
@@ -336,7 +340,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         server.wait_ready(STARTUP_TIMEOUT)
         # Blocks written next to a running Prometheus are read at its start.
         for number, rules in enumerate(_rule_passes()):
-            _backfill_rules(url, start, end, rules, tmp / f"rules-{number}", storage)
+            _backfill_rules(url, start, end, rules, tmp / f"blocks-{number}", tmp, storage)
             server.stop()
             server.start().wait_ready(STARTUP_TIMEOUT)
         yield Prometheus(url, end)
@@ -376,15 +380,26 @@ def _rule_passes() -> list[list[dict[str, Any]]]:
 
 
 def _backfill_rules(
-    url: str, start: int, end: int, rules: list[dict[str, Any]], work: Path, storage: Path
+    url: str,
+    start: int,
+    end: int,
+    rules: list[dict[str, Any]],
+    blocks: Path,
+    tmp: Path,
+    storage: Path,
 ) -> None:
-    """Evaluate ``rules`` once a minute over the data set and add the blocks to ``storage``."""
-    work.mkdir()
-    rule_file = work / "rules.yml"
+    """Evaluate ``rules`` once a minute over the data set and add the blocks to ``storage``.
+
+    A rule group is evaluated at an offset into each minute taken from a hash
+    of its name and file path. Every pass uses the same name and path, so all
+    the recordings share one evaluation grid, as the rules of one group do: a
+    window of a later pass then holds a fixed number of an earlier pass'
+    samples (with a grid per pass, 29 or 30 of them, by the tmp path's hash).
+    """
+    rule_file = tmp / "rules.yml"
     rule_file.write_text(
-        yaml.safe_dump({"groups": [{"name": work.name, "rules": rules}]}), encoding="utf-8"
+        yaml.safe_dump({"groups": [{"name": "backfill", "rules": rules}]}), encoding="utf-8"
     )
-    blocks = work / "blocks"
     subprocess.run(
         [
             "promtool",
@@ -545,34 +560,44 @@ def test_variable_queries_list_the_label_values(prometheus: Prometheus) -> None:
 
 def test_probed_urls_from_the_recording_rules(prometheus: Prometheus) -> None:
     def column(index: int) -> dict[tuple[str, ...], float]:
-        return _by(_run(prometheus, _panel_query("ofm-uptime", "Probed URLs", index)), "http_url")
+        return _by(_run(prometheus, _panel_query("ofm-uptime", "Probed URLs", index)), "instance")
 
-    # The latest probes: orders answers 200 again, billing never answered.
-    assert column(0) == {(HEALTH_URL,): 1, (ORDERS_URL,): 1, (BILLING_URL,): 0}
-    # The backfilled rule group records once a minute a little after each
-    # minute (its evaluation offset), so minute 0..29 are recorded, not minute
-    # 30; orders failed at 20..24.
-    availability = {(HEALTH_URL,): 1, (ORDERS_URL,): 25 / 30, (BILLING_URL,): 0}
+    health, orders, billing, search = (HEALTH_URL,), (ORDERS_URL,), (BILLING_URL,), (SEARCH_URL,)
+    # The latest probes: orders and search answer 200 again, billing never answered.
+    assert column(0) == {health: 1, orders: 1, billing: 0, search: 1}
+    # The rules are backfilled once a minute, a little after each minute (the
+    # group's evaluation offset), so minutes 0..29 are recorded, not minute
+    # 30. Orders failed at 20..24; search's scrapes failed at 10..14.
+    availability = {health: 1, orders: 25 / 30, billing: 0, search: 25 / 30}
     assert column(1) == pytest.approx(availability)  # in the range (1h: all of it)
-    # 30 days: the once-a-minute group's evaluation offset moves with the wall
-    # clock, so its window holds 29 or 30 of the recorded minutes.
-    assert column(2) == pytest.approx(availability, abs=0.01)
+    # 30 days: its last evaluation (after minute 29) reads all 30 recordings.
+    assert column(2) == pytest.approx(availability)
     minute_ms = 60_000
     # Last failure, to the step: the subquery step at minute 25 still sees the
-    # failure recorded just after minute 24. None for health.
+    # failure recorded just after minute 24 (at 15: after 14). None for health.
+    end_ms = prometheus.end * 1000
     assert column(3) == {
-        (ORDERS_URL,): prometheus.end * 1000 - 5 * minute_ms,
-        (BILLING_URL,): prometheus.end * 1000,
+        orders: end_ms - 5 * minute_ms,
+        billing: end_ms,
+        search: end_ms - 15 * minute_ms,
     }
-    assert column(4) == {(HEALTH_URL,): 12, (ORDERS_URL,): 30, (BILLING_URL,): 5000}
-    latency = _by(_run(prometheus, _panel_query("ofm-uptime", "Probe latency")), "http_url")
-    assert latency == column(4)
-    # (25m, 30m]: all five probes of orders succeeded; where the recorded
-    # minutes fall against the wall clock, the 5-minute window may still hold
-    # the last failed minute (4 of 5).
-    recent = _by(_run(prometheus, _panel_query("ofm-uptime", "Probe availability")), "http_url")
-    assert recent[(HEALTH_URL,)] == 1 and recent[(BILLING_URL,)] == 0
-    assert recent[(ORDERS_URL,)] in (1, 0.8)
+    assert column(4) == {health: 200, orders: 200, billing: 0, search: 200}  # status code
+    seconds = {(url,): duration for url, duration in PROBE_SECONDS.items()}
+    assert column(5) == seconds
+    latency = _by(_run(prometheus, _panel_query("ofm-uptime", "Probe latency")), "instance")
+    assert latency == seconds
+    # Recorded after minute 29, the 5-minute window holds minutes 25..29: all
+    # of orders' probes succeeded.
+    recent = _by(_run(prometheus, _panel_query("ofm-uptime", "Probe availability")), "instance")
+    assert recent == {health: 1, orders: 1, billing: 0, search: 1}
+    # At minute 25, the window recorded just after minute 24 holds minutes
+    # 20..24: none of orders' probes succeeded.
+    at_25 = prometheus.end - 60 * (MINUTES - 25)
+    answer = prometheus.query(
+        dq.substitute(_panel_query("ofm-uptime", "Probe availability"), {}, **SETTINGS), at=at_25
+    )
+    assert answer["status"] == "success", answer
+    assert _by(answer["data"]["result"], "instance")[orders] == 0
 
 
 def test_worker_health(prometheus: Prometheus) -> None:

@@ -1,10 +1,11 @@
-"""Checks of ``prometheus/recording_rules.yml``, the httpcheck probe recordings.
+"""Checks of ``prometheus/recording_rules.yml``, the uptime probe recordings.
 
 ``promtool`` validates the rules and runs their unit tests
 (``recording_rules_test.yml``); a missing promtool fails instead of skipping.
 The rules are also held to the naming convention ``level:metric:operations``,
-to reading only the probe series the Collector's httpcheck receiver sends, and
-to having a unit test that shows each recorded series at 1 and below 1.
+to reading only the uptime job's series (the blackbox exporter's probes and
+the scrape's ``up``), and to having a unit test that shows each recorded series
+at 1 and below 1.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from tests.prometheus.test_rules import PROMETHEUS_DIR, _load_yaml, _promtool, _
 RULES = "recording_rules.yml"
 UNIT_TESTS = "recording_rules_test.yml"
 
-#: What the Collector's httpcheck receiver remote-writes.
-HTTPCHECK_SERIES = frozenset(
-    {"httpcheck_status", "httpcheck_error", "httpcheck_duration_milliseconds"}
+#: What a scrape of the uptime job (the blackbox exporter) brings.
+PROBE_SERIES = frozenset(
+    {"probe_success", "probe_duration_seconds", "probe_http_status_code", "up"}
 )
 
 _NAME = re.compile(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+")
@@ -46,11 +47,11 @@ def test_only_recording_rules_each_defined_once() -> None:
     assert all("record" in rule and "alert" not in rule for rule in _rules())
     assert len(RECORDED) == len(set(RECORDED))
     assert {
-        "url:httpcheck_success:max",
-        "url:httpcheck_success:avg_over_time5m",
-        "url:httpcheck_success:avg_over_time1h",
-        "url:httpcheck_success:avg_over_time1d",
-        "url:httpcheck_success:avg_over_time30d",
+        "instance:probe_success:max",
+        "instance:probe_success:avg_over_time5m",
+        "instance:probe_success:avg_over_time1h",
+        "instance:probe_success:avg_over_time1d",
+        "instance:probe_success:avg_over_time30d",
     } <= set(RECORDED)
 
 
@@ -64,8 +65,17 @@ def test_rules_read_only_probe_series_and_earlier_recordings() -> None:
     for rule in _rules():
         used = metric_names(rule["expr"])
         assert used, rule["record"]
-        assert used <= HTTPCHECK_SERIES | seen, f"{rule['record']} reads {used - seen}"
+        assert used <= PROBE_SERIES | seen, f"{rule['record']} reads {used - seen}"
         seen.add(rule["record"])
+
+
+def test_raw_series_are_read_from_the_uptime_job_only() -> None:
+    """Other jobs' ``up`` (the Collector, Prometheus) is no probe failure."""
+    for rule in _rules():
+        for name in metric_names(rule["expr"]) & PROBE_SERIES:
+            # The name as a metric, not inside a label value or another name.
+            selectors = re.findall(rf'(?<![\w:"]){name}(?![\w:"])(\{{[^}}]*\}})?', rule["expr"])
+            assert selectors and all('job="uptime"' in s for s in selectors), rule["record"]
 
 
 def test_every_recording_is_shown_up_and_down() -> None:
