@@ -3,14 +3,18 @@
     .venv/bin/python scripts/stack.py                  # everything, demo API and traffic included
     .venv/bin/python scripts/stack.py --no-demo        # only the stack: point your own app at it
     .venv/bin/python scripts/stack.py --demo-port 8001 --no-traffic
+    .venv/bin/python scripts/stack.py --no-demo --probe http://127.0.0.1:8000/health
+                                                       # the stack, probing your app
 
 Starts the Collector built from collector-config/builder-manifest.yaml,
 Prometheus (the version compose.yaml pins when scripts/build-prometheus.sh has
 built it, else the one on PATH), Alertmanager with the demo webhook receiver,
-the demo API under ``opentelemetry-instrument gunicorn`` and its traffic
-generator, all with the shipped configuration files (only addresses are
-rewritten). It waits for each to be ready, prints every endpoint, and stops
-them all on Ctrl-C; the logs stay in the directory it prints.
+the blackbox exporter for the uptime probes, the demo API under
+``opentelemetry-instrument gunicorn`` and its traffic generator, all with the
+shipped configuration files (only addresses are rewritten, and the probed URLs
+are the demo API's health URL and those given with --probe). It waits for each
+to be ready, prints every endpoint, and stops them all on Ctrl-C; the logs stay
+in the directory it prints.
 
 No trace store runs here: the Collector writes traces to traces.jsonl next to
 the logs instead of sending them to Jaeger.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -40,12 +45,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-ROOT = Path(__file__).resolve().parent.parent
+from stack_processes import (
+    COMPOSE,
+    LOOPBACK,
+    ROOT,
+    MissingTool,
+    Prometheus,
+    Service,
+    build_collector,
+    find_binary,
+    find_prometheus,
+    free_port,
+    http_status,
+    program_version,
+    tool_cache,
+    venv_tool,
+    wait_until,
+)
+
 COLLECTOR_CONFIG = ROOT / "collector-config" / "otelcol-config.yaml"
 PROMETHEUS_DIR = ROOT / "prometheus"
-COMPOSE = ROOT / "compose.yaml"
 DEFAULT_LOG_DIR = ROOT / ".stack" / "logs"
-LOOPBACK = "127.0.0.1"
 
 # Layered over the shipped Collector config: with no Jaeger to send traces to,
 # they go to a file (rotated, so a long run cannot fill the disk) rather than
@@ -64,240 +84,11 @@ service:
 """
 
 
-class MissingTool(FileNotFoundError):
-    """A program the stack needs is not there; the message (one line) says how to get it."""
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def http_status(url: str, timeout: float = 2.0) -> int | None:
-    """The HTTP status ``url`` answers with, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (OSError, ValueError):
-        return None
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll ``check`` until it is true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-class Service:
-    """One child process with a log file, a readiness URL and a clean stop."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        log_dir: Path,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        ready_url: str | None = None,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.env = dict(os.environ if env is None else env)
-        self.cwd = cwd
-        self.ready_url = ready_url
-        self.log_path = log_dir / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            cwd=self.cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        return self
-
-    def wait_ready(self, timeout: float = 60.0) -> Service:
-        def ready() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            return self.ready_url is None or http_status(self.ready_url, 1.0) == 200
-
-        try:
-            wait_until(ready, timeout, f"{self.name} at {self.ready_url}")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{self.log_tail()}") from None
-        return self
-
-    def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
-        """Stop gracefully (so exporters flush), then kill; returns the exit code."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return None if process is None else process.returncode
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            return process.wait(10)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-
-# --- the programs the stack runs ---------------------------------------------
-
-
-def build_collector() -> Path:
-    """The Collector binary for the manifest, built (and cached) by the build script."""
-    try:
-        result = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "build-collector.sh")],
-            check=True,
-            stdout=subprocess.PIPE,
-            timeout=3600,
-        )
-    except subprocess.CalledProcessError:
-        # build-collector.sh has already said why on stderr.
-        raise MissingTool("the Collector could not be built: see the message above") from None
-    return Path(result.stdout.decode().strip().splitlines()[-1])
-
-
-def find_binary(*names: str) -> str:
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    raise MissingTool(
-        f"none of {', '.join(names)} is on PATH (Debian: apt-get install prometheus "
-        "prometheus-alertmanager)"
-    )
-
-
-def venv_tool(name: str) -> str:
-    """``name`` from the environment whose Python runs this script, else from PATH.
-
-    pip installs console scripts next to the interpreter, so
-    ``.venv/bin/python scripts/stack.py`` finds the venv's gunicorn without the
-    venv being activated.
-    """
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which(name)
-    if found:
-        return found
-    install = f"{shlex.quote(sys.executable)} -m pip install -e {shlex.quote(f'{ROOT}[test]')}"
-    raise MissingTool(
-        f"{name} is not installed next to {sys.executable} nor on PATH: run {install}"
-    )
-
-
-def tool_cache() -> Path:
-    """Where scripts/build-collector.sh and build-prometheus.sh cache what they build.
-
-    The same variables in the same order as the scripts (an empty one counts as
-    unset, as ``${VAR:-default}`` does); tests check that the two agree.
-    """
-    explicit = os.environ.get("OTEL_FLASK_METRICS_CACHE")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "otel-flask-metrics"
-
-
-def pinned_prometheus_version() -> str:
-    """The Prometheus version compose.yaml pins, read as build-prometheus.sh reads it."""
-    match = re.search(r"image: *prom/prometheus:v([0-9.]+)", COMPOSE.read_text())
-    if match is None:
-        raise ValueError(f"no prom/prometheus image in {COMPOSE}")
-    return match.group(1)
-
-
-def program_version(path: str) -> str:
-    """``--version``'s version number (e.g. ``3.7.3``, ``2.42.0+ds``), or ``unknown``."""
-    try:
-        result = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    match = re.search(r"version (\S+)", result.stdout + result.stderr)
-    return match.group(1) if match else "unknown"
-
-
-@dataclass(frozen=True)
-class Prometheus:
-    """The Prometheus binary a stack runs, and where it came from."""
-
-    path: str
-    version: str
-    pinned: str  # the version compose.yaml pins
-    source: str  # "OFM_PROMETHEUS", "build cache" or "PATH"
-
-    @property
-    def is_pinned(self) -> bool:
-        return self.version.split("+")[0] == self.pinned
-
-    def describe(self) -> str:
-        """One line for the user: which Prometheus, and how to get the pinned one if not it."""
-        line = f"Prometheus {self.version} ({self.source}: {self.path})"
-        if self.is_pinned:
-            return f"{line}, the version compose.yaml pins"
-        return (
-            f"{line}, not the {self.pinned} compose.yaml pins: scripts/build-prometheus.sh "
-            "(or scripts/test.sh) builds it, and the next run uses it"
-        )
-
-
-def find_prometheus() -> Prometheus:
-    """OFM_PROMETHEUS if set, else the pinned build in the cache, else PATH's prometheus."""
-    pinned = pinned_prometheus_version()
-    explicit = os.environ.get("OFM_PROMETHEUS")
-    cached = tool_cache() / f"prometheus-{pinned}" / "bin" / "prometheus"
-    if explicit:
-        path, source = explicit, "OFM_PROMETHEUS"
-    elif cached.is_file() and os.access(cached, os.X_OK):
-        path, source = str(cached), "build cache"
-    else:
-        found = shutil.which("prometheus")
-        if found is None:
-            raise MissingTool(
-                f"no Prometheus: scripts/build-prometheus.sh builds the {pinned} compose.yaml "
-                "pins (needs Go), or install one on PATH (Debian: apt-get install prometheus)"
-            )
-        path, source = found, "PATH"
-    return Prometheus(path, program_version(path), pinned, source)
-
-
 # --- the stack -----------------------------------------------------------------
 
 
 class LocalStack:
-    """Collector + Prometheus (+ Alertmanager) on free loopback ports.
+    """Collector + Prometheus + blackbox exporter (+ Alertmanager) on free loopback ports.
 
     :param work_dir: where data and rewritten configs go; removed by
         :meth:`stop` when the stack created it.
@@ -308,6 +99,11 @@ class LocalStack:
     :param extra_collector_configs: more config files layered over the shipped
         one (the tests add a file exporter this way).
     :param prometheus: the Prometheus to run; :func:`find_prometheus` by default.
+    :param probe_urls: the URLs the uptime probes ask (the blackbox exporter,
+        job ``uptime``), in place of the shipped uptime-targets.yml, whose
+        compose service names mean nothing here.
+    :param alertmanager_group_interval: replaces the shipped ``group_interval``
+        (5m), which also paces resolved notifications; for tests that wait for one.
     """
 
     def __init__(
@@ -320,6 +116,8 @@ class LocalStack:
         with_alertmanager: bool = True,
         alert_webhook_url: str | None = None,
         prometheus: Prometheus | None = None,
+        probe_urls: Sequence[str] = (),
+        alertmanager_group_interval: str | None = None,
     ) -> None:
         self._owns_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="ofm-stack-"))
@@ -330,11 +128,13 @@ class LocalStack:
         self.alert_webhook_url = alert_webhook_url
         self.with_alertmanager = with_alertmanager
         self.prometheus_binary = prometheus
+        self.probe_urls = list(probe_urls)
+        self.alertmanager_group_interval = alertmanager_group_interval
         self.ports = {
             name: free_port()
             for name in (
                 "otlp_grpc", "otlp_http", "health", "collector_metrics", "prometheus",
-                "alertmanager", "alertmanager_cluster",
+                "alertmanager", "alertmanager_cluster", "blackbox",
             )
         }
         self.services: list[Service] = []
@@ -358,6 +158,10 @@ class LocalStack:
         return f"http://{LOOPBACK}:{self.ports['alertmanager']}"
 
     @property
+    def blackbox_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports['blackbox']}"
+
+    @property
     def traces_path(self) -> Path:
         """Where the Collector writes traces, unless an extra config sends them elsewhere."""
         return self.log_dir / "traces.jsonl"
@@ -372,6 +176,7 @@ class LocalStack:
         rows.append(("Collector health check", f"http://{LOOPBACK}:{self.ports['health']}/"))
         metrics = f"http://{LOOPBACK}:{self.ports['collector_metrics']}/metrics"
         rows.append(("Collector metrics", metrics))
+        rows.append(("blackbox exporter", self.blackbox_url))
         return rows
 
     def collector_env(self) -> dict[str, str]:
@@ -392,7 +197,11 @@ class LocalStack:
         }
 
     def prometheus_config(self) -> Path:
-        """The shipped prometheus.yml with only its target addresses rewritten."""
+        """The shipped prometheus.yml with only its target addresses rewritten.
+
+        Beside it go the shipped rule files and an uptime-targets.yml listing
+        :attr:`probe_urls` instead of the shipped one.
+        """
         config_dir = self.work_dir / "prometheus-config"
         config_dir.mkdir(exist_ok=True)
         text = (PROMETHEUS_DIR / "prometheus.yml").read_text()
@@ -400,17 +209,31 @@ class LocalStack:
             "alertmanager:9093": f"{LOOPBACK}:{self.ports['alertmanager']}",
             "otel-collector:8888": f"{LOOPBACK}:{self.ports['collector_metrics']}",
             "localhost:9090": f"{LOOPBACK}:{self.ports['prometheus']}",
+            "blackbox-exporter:9115": f"{LOOPBACK}:{self.ports['blackbox']}",
         }.items():
             text = text.replace(old, new)
         (config_dir / "prometheus.yml").write_text(text)
-        shutil.copy(PROMETHEUS_DIR / "alerts.yml", config_dir / "alerts.yml")
+        for rules in ("alerts.yml", "recording_rules.yml"):
+            shutil.copy(PROMETHEUS_DIR / rules, config_dir / rules)
+        self._write_probe_targets(config_dir / "uptime-targets.yml")
         return config_dir / "prometheus.yml"
+
+    def _write_probe_targets(self, path: Path) -> None:
+        """The uptime probes' targets file (file_sd): one GET per URL every 15s."""
+        targets = [{"targets": self.probe_urls}] if self.probe_urls else []
+        # JSON is YAML: no YAML library needed.
+        path.write_text(json.dumps(targets, indent=2) + "\n")
 
     def alertmanager_config(self) -> Path:
         """The shipped alertmanager.yml, with the webhook pointed at ``alert_webhook_url``."""
         text = (PROMETHEUS_DIR / "alertmanager.yml").read_text()
         if self.alert_webhook_url:
             text = text.replace("http://alert-webhook:8080/", self.alert_webhook_url)
+        if self.alertmanager_group_interval:
+            text = re.sub(
+                r"^(\s*group_interval:).*$", rf"\1 {self.alertmanager_group_interval}", text,
+                flags=re.MULTILINE,
+            )
         path = self.work_dir / "alertmanager.yml"
         path.write_text(text)
         return path
@@ -427,6 +250,18 @@ class LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.prometheus_binary is None:
             self.prometheus_binary = find_prometheus()
+        # The prober first, so that Prometheus' first uptime scrapes find it.
+        blackbox = Service(
+            "blackbox-exporter",
+            [
+                find_binary("prometheus-blackbox-exporter", "blackbox_exporter"),
+                f"--config.file={PROMETHEUS_DIR / 'blackbox.yml'}",
+                f"--web.listen-address={LOOPBACK}:{self.ports['blackbox']}",
+            ],
+            self.log_dir,
+            ready_url=f"{self.blackbox_url}/-/healthy",
+        ).start()
+        self.services.append(blackbox)
         prometheus_data = self.work_dir / "prometheus-data"
         self.prometheus = Service(
             "prometheus",
@@ -534,6 +369,7 @@ def app_service(
 # Every file a run writes in its log directory (replaced by the next run).
 RUN_LOGS = (
     "prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log",
+    "blackbox-exporter.log",
     "demo-api.log", "traffic.log", "traces.jsonl",
 )
 
@@ -543,6 +379,12 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
     return port
+
+
+def _probe_url(value: str) -> str:
+    if not re.match(r"https?://[^/\s]+", value):
+        raise argparse.ArgumentTypeError(f"not an http:// or https:// URL: {value}")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -568,6 +410,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rate", type=float, default=5.0, help="traffic requests per second (default: 5)"
     )
     parser.add_argument(
+        "--probe", type=_probe_url, action="append", default=[], metavar="URL",
+        help="also probe URL (e.g. your app's health URL) for uptime and ApiDown; "
+        "repeatable (the demo API's /health is probed whenever it runs)",
+    )
+    parser.add_argument(
         "--logs", type=Path, default=DEFAULT_LOG_DIR, metavar="DIR",
         help="where the logs and traces go, kept after the stack stops and replaced by "
         f"the next run (default: {DEFAULT_LOG_DIR.relative_to(ROOT)}/ in the repository)",
@@ -591,6 +438,7 @@ def run(args: argparse.Namespace) -> int:
         venv_tool("gunicorn")
     prometheus = find_prometheus()
     find_binary("prometheus-alertmanager", "alertmanager")
+    find_binary("prometheus-blackbox-exporter", "blackbox_exporter")
 
     log_dir.mkdir(parents=True, exist_ok=True)
     for name in RUN_LOGS:
@@ -603,10 +451,12 @@ def run(args: argparse.Namespace) -> int:
     collector = build_collector()
     webhook_port = free_port()
     demo_port = args.demo_port or free_port()
+    demo_health = f"http://{LOOPBACK}:{demo_port}/health"
     stack = LocalStack(
         log_dir=log_dir,
         alert_webhook_url=f"http://{LOOPBACK}:{webhook_port}/",
         prometheus=prometheus,
+        probe_urls=[demo_health, *args.probe] if demo else args.probe,
     )
     try:
         stack.start(collector)
@@ -630,6 +480,8 @@ def run(args: argparse.Namespace) -> int:
                         "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
                         "OTEL_FLASK_METRICS_CONSUMER_HEADER": "X-API-Key",
                         "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+                        # As in compose: the uptime probes are not traffic.
+                        "OTEL_PYTHON_FLASK_EXCLUDED_URLS": "/health",
                     },
                     name="demo-api",
                 )
@@ -652,6 +504,8 @@ def run(args: argparse.Namespace) -> int:
             "Your own app: OTEL_EXPORTER_OTLP_ENDPOINT="
             f"{stack.otlp_http_endpoint} opentelemetry-instrument <your command>"
         )
+        probed = ", ".join(stack.probe_urls) or "none (--probe URL adds one)"
+        print(f"Uptime probes (ApiDown): {probed}")
         print("Ctrl-C stops everything.", flush=True)
         while True:
             for service in stack.services:

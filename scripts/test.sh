@@ -5,7 +5,8 @@
 #     resolver users have is the one that must solve our dependencies
 #     (tests/packaging also installs the built wheel with pip 23.2, 24.0, 25.x,
 #     26.x and uv in clean venvs)
-#   - Prometheus, promtool, Alertmanager and amtool from Debian, if missing
+#   - Prometheus, promtool, Alertmanager, amtool and the blackbox exporter (the
+#     uptime probes) from Debian, if missing
 #   - the OpenTelemetry Collector from collector-config/builder-manifest.yaml
 #     (built with Go and the Collector Builder; cached by manifest hash)
 #   - Prometheus and promtool at the version compose.yaml pins, built from the
@@ -24,6 +25,7 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
+command -v prometheus-blackbox-exporter >/dev/null || need+=(prometheus-blackbox-exporter)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -300,17 +300,61 @@ def test_collector_runs_the_tested_config() -> None:
 
 def test_prometheus_runs_the_tested_config_and_rules() -> None:
     config, config_ro = _mount_of("prometheus", "./prometheus/prometheus.yml")
-    rules, rules_ro = _mount_of("prometheus", "./prometheus/alerts.yml")
-    assert config_ro and rules_ro
-    # rule_files are resolved against prometheus.yml's directory.
+    assert config_ro
+    # rule_files and file_sd files are resolved against prometheus.yml's directory.
     prometheus_config = _load(ROOT / "prometheus" / "prometheus.yml")
-    for rule_file in prometheus_config["rule_files"]:
-        assert str(Path(config).parent / rule_file) == rules
+    files = list(prometheus_config["rule_files"])
+    files += [
+        name
+        for job in prometheus_config["scrape_configs"]
+        for sd in job.get("file_sd_configs", [])
+        for name in sd["files"]
+    ]
+    assert "uptime-targets.yml" in files
+    for name in files:
+        target, read_only = _mount_of("prometheus", f"./prometheus/{name}")
+        assert read_only and target == str(Path(config).parent / name), name
     command = SERVICES["prometheus"]["command"]
     assert f"--config.file={config}" in command
     assert "--web.enable-remote-write-receiver" in command
     assert "--storage.tsdb.path=/prometheus" in command
     assert "prometheus-data:/prometheus" in SERVICES["prometheus"]["volumes"]
+
+
+def test_blackbox_exporter_runs_the_tested_config_at_the_prometheus_address() -> None:
+    config, read_only = _mount_of("blackbox-exporter", "./prometheus/blackbox.yml")
+    assert read_only
+    assert f"--config.file={config}" in SERVICES["blackbox-exporter"]["command"]
+    assert "ports" not in SERVICES["blackbox-exporter"], "only Prometheus asks it"
+    # prometheus.yml sends the uptime job's scrapes to this service's default port.
+    (uptime,) = [
+        job for job in _load(ROOT / "prometheus" / "prometheus.yml")["scrape_configs"]
+        if job["job_name"] == "uptime"
+    ]
+    assert {"target_label": "__address__", "replacement": "blackbox-exporter:9115"} in uptime[
+        "relabel_configs"
+    ]
+    # The demo API's health URL, at its compose service name and port.
+    groups = _load(ROOT / "prometheus" / "uptime-targets.yml")
+    targets = [target for group in groups for target in group["targets"]]
+    assert "http://demo-api:8000/health" in targets
+    assert "demo-api" in SERVICES
+    assert _environment("demo-api")["OTEL_PYTHON_FLASK_EXCLUDED_URLS"] == "/health"
+
+
+def test_blackbox_exporter_image_is_the_version_the_tests_run() -> None:
+    """The Debian package the test command installs is the version compose pins."""
+    exporter = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
+    if exporter is None:
+        pytest.fail(
+            "install Debian's prometheus-blackbox-exporter (scripts/test.sh does)", pytrace=False
+        )
+    result = subprocess.run(
+        [exporter, "--version"], capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=True
+    )
+    found = re.search(r"version (\d+\.\d+\.\d+)", result.stdout + result.stderr)
+    assert found, result.stdout + result.stderr
+    assert SERVICES["blackbox-exporter"]["image"] == f"prom/blackbox-exporter:v{found.group(1)}"
 
 
 def test_alertmanager_runs_the_tested_config() -> None:

@@ -33,6 +33,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +133,13 @@ def send(base: str, requests_: list[Request]) -> None:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     work = tmp_path_factory.mktemp("stack")
-    stack, export_dir = file_export_stack(work)
+    port = free_port()
+    # The app's health URL is probed, as the demo API's is by stack.py, and a
+    # port where nothing listens, so the uptime panels have a failure to show.
+    probe_urls = [f"http://{LOOPBACK}:{port}/health", f"http://{LOOPBACK}:{free_port()}/health"]
+    stack, export_dir = file_export_stack(work, probe_urls=probe_urls)
     stack.start()
     try:
-        port = free_port()
         app = stack.add(
             app_service(
                 stack, work, app="api:app", chdir=APPS, port=port, name="api",
@@ -166,6 +170,31 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
             return check
 
+        # First the probes, before the traffic, so that the 1m rate() windows
+        # of the dashboard test still hold the traffic: two successful probes
+        # of the app, 15s apart, so the rules of 15s groups have read one; then
+        # every rule group evaluated once more (the slowest every minute), so
+        # recordings of recordings exist too.
+        def probed() -> bool:
+            selector = f'probe_success{{job="uptime", instance="{probe_urls[0]}"}}'
+            samples = result.query(f"sum_over_time({selector}[1m])")
+            return bool(samples) and float(samples[0]["value"][1]) >= 2
+
+        wait_until(probed, 60, "two successful uptime probes of the app", 0.5)
+        probed_at = time.time()
+
+        def rules_evaluated() -> bool:
+            url = f"{stack.prometheus_url}/api/v1/rules"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                groups = json.load(response)["data"]["groups"]
+            evaluated = [
+                datetime.fromisoformat(g["lastEvaluation"].replace("Z", "+00:00")).timestamp()
+                for g in groups
+            ]
+            return bool(evaluated) and min(evaluated) > probed_at
+
+        wait_until(rules_evaluated, 90, "every rule group evaluated after the probes", 0.5)
+
         # Two interleaved waves, so that rate() panels see the same series grow
         # between samples (the first sample of a new series has no rate).
         base = f"http://{LOOPBACK}:{port}"
@@ -190,6 +219,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
             return bool(samples) and float(samples[0]["value"][1]) >= 3
 
         wait_until(rate_ready, 60, "three samples of every series", 0.5)
+
         yield result
     finally:
         stack.stop()
@@ -275,6 +305,28 @@ def test_service_and_environment_are_filterable_labels(running: RunningStack) ->
     assert all(instance for (instance,) in instances), "every worker has its service.instance.id"
 
 
+def test_the_uptime_probes_reach_the_app_through_the_blackbox_exporter(
+    running: RunningStack,
+) -> None:
+    url, nothing_there = running.stack.probe_urls
+    selector = f'{{job="uptime", instance="{url}"}}'
+    assert running.values(f"probe_success{selector}") == {(): 1}
+    assert running.values(f"probe_http_status_code{selector}") == {(): 200}
+    assert 0 < running.values(f"probe_duration_seconds{selector}")[()] < 5
+    assert running.values(f"up{selector}") == {(): 1}
+    down = f'{{job="uptime", instance="{nothing_there}"}}'
+    assert running.values(f"probe_success{down}") == {(): 0}
+    assert running.values(f"probe_http_status_code{down}") == {(): 0}
+    assert running.values(f"up{down}") == {(): 1}, "the exporter answers: the URL is down"
+    # /health is excluded from the app's metrics: probes are not traffic.
+    routes = running.values(
+        "count by (http_route) "
+        f'(http_server_request_duration_seconds_count{{service_name="{SERVICE}"}})',
+        "http_route",
+    )
+    assert ("/health",) not in routes
+
+
 def test_no_secret_reaches_any_label_or_exported_trace(running: RunningStack) -> None:
     with urllib.request.urlopen(f"{running.stack.prometheus_url}/api/v1/labels", timeout=10) as r:
         labels = json.load(r)["data"]
@@ -325,6 +377,7 @@ def _all_queries() -> list[tuple[str, str, str]]:
 
 
 def test_every_dashboard_query_returns_data_with_all(running: RunningStack) -> None:
+    # The uptime panels too: the stack probes the app's /health.
     empty = []
     for uid, title, expr in _all_queries():
         # $__interval is 1s here: the whole run lasts seconds, not hours.
@@ -414,9 +467,12 @@ STOP_TIMEOUT = 90  # seconds; each process gets 20 s to flush, in turn
 EVERY_ENDPOINT = {
     "Prometheus", "Alertmanager", "Collector OTLP gRPC", "Collector OTLP HTTP",
     "Collector health check", "Collector metrics", "alert webhook", "demo API",
-    "traces (no Jaeger here)",
+    "traces (no Jaeger here)", "blackbox exporter",
 }
-STACK_LOGS = ("prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log")
+STACK_LOGS = (
+    "prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log",
+    "blackbox-exporter.log",
+)
 
 
 def _accepts_tcp(address: str) -> bool:
@@ -448,6 +504,7 @@ ENDPOINT_CHECKS: dict[str, Callable[[str], bool]] = {
     "alert webhook": lambda a: http_status(f"{a}health") == 200,
     "demo API": lambda a: http_status(f"{a}/health") == 200,
     "traces (no Jaeger here)": lambda a: Path(a).parent.is_dir(),
+    "blackbox exporter": lambda a: http_status(f"{a}/-/healthy") == 200,
 }
 
 
@@ -547,6 +604,19 @@ def run_stack(tmp_path: Path) -> Iterator[Callable[..., StackRun]]:
         run._reader.join(10)  # it closes the pipe at the end of the output
 
 
+def _probe_result(prometheus: str, url: str) -> Callable[[], float | None]:
+    """probe_success of ``url`` as Prometheus has it now, None before the first probe."""
+
+    def result() -> float | None:
+        selector = f'probe_success{{job="uptime", instance="{url}"}}'
+        query = urllib.parse.urlencode({"query": selector})
+        with urllib.request.urlopen(f"{prometheus}/api/v1/query?{query}", timeout=5) as response:
+            samples = json.load(response)["data"]["result"]
+        return float(samples[0]["value"][1]) if samples else None
+
+    return result
+
+
 def _assert_every_endpoint_answers(endpoints: dict[str, str]) -> None:
     silent = [f"{name} {address}" for name, address in endpoints.items()
               if not ENDPOINT_CHECKS[name](address)]
@@ -571,6 +641,10 @@ def test_stack_script_prints_every_endpoint_and_keeps_its_logs(
         f"Your own app: OTEL_EXPORTER_OTLP_ENDPOINT={endpoints['Collector OTLP HTTP']} "
         "opentelemetry-instrument <your command>"
     ) in run.output
+    # The demo API's health URL is probed: up once it has started.
+    assert f"Uptime probes (ApiDown): {endpoints['demo API']}/health" in run.output
+    probe = _probe_result(endpoints["Prometheus"], f"{endpoints['demo API']}/health")
+    wait_until(lambda: probe() == 1, 60, "a successful uptime probe of the demo API", 0.5)
 
     # A demo request's trace lands in the file, once: nothing sends it back
     # to the Collector's own OTLP receiver.
@@ -608,10 +682,16 @@ def test_stack_script_without_the_demo_leaves_the_collector_to_your_app(
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "demo-api.log").write_text("a previous run's log\n")
-    run = run_stack("--no-demo")
+    # Your own app's health URL (nothing listens there in this test: down).
+    yours = f"http://{LOOPBACK}:{free_port()}/health"
+    run = run_stack("--no-demo", "--probe", yours)
     endpoints = run.endpoints()
     assert set(endpoints) == EVERY_ENDPOINT - {"demo API"}
     _assert_every_endpoint_answers(endpoints)
+    assert f"Uptime probes (ApiDown): {yours}" in run.output
+    probe = _probe_result(endpoints["Prometheus"], yours)
+    wait_until(lambda: probe() is not None, 60, f"an uptime probe of {yours}", 0.5)
+    assert probe() == 0
     assert run.stop() == 0
     assert not (logs / "demo-api.log").exists(), "a run replaces the previous run's logs"
     assert not (logs / "traffic.log").exists()

@@ -8,7 +8,8 @@ instead of skipping them, so that a machine without it cannot pass silently.
 
 The rules are also checked against the package: every series they read must be
 one that :func:`otel_flask_metrics.metrics.prometheus_series_names` says the
-instruments produce, so that renaming an instrument cannot leave an alert
+instruments produce (or one of the few that Prometheus or the blackbox
+exporter makes, listed below), so that renaming an instrument cannot leave an alert
 watching a series that no longer exists.
 """
 
@@ -32,6 +33,10 @@ TOOL_TIMEOUT = 120  # seconds, for one promtool or amtool run
 
 #: Series that Prometheus makes itself instead of receiving them by remote write.
 PROMETHEUS_BUILTIN_SERIES = frozenset({"up"})
+
+#: Series the blackbox exporter answers the uptime probes with (job "uptime" of
+#: prometheus.yml, scraped by Prometheus): ApiDown reads probe_success.
+BLACKBOX_SERIES = frozenset({"probe_success", "probe_duration_seconds", "probe_http_status_code"})
 
 #: PromQL words that look like identifiers but are operators or modifiers.
 PROMQL_KEYWORDS = frozenset(
@@ -158,7 +163,9 @@ def test_metric_name_extraction(expr: str, expected: set[str]) -> None:
 
 def test_rules_read_only_series_the_instruments_produce() -> None:
     recorded = {rule["record"] for rule in _rules() if "record" in rule}
-    known = prometheus_series_names() | PROMETHEUS_BUILTIN_SERIES | recorded
+    known = (
+        prometheus_series_names() | PROMETHEUS_BUILTIN_SERIES | BLACKBOX_SERIES | recorded
+    )
     used: dict[str, set[str]] = {}
     for rule in _rules():
         name = rule.get("alert") or rule["record"]
@@ -204,14 +211,19 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 def test_prometheus_config_wiring() -> None:
     config = _load_yaml("prometheus.yml")
-    assert config["rule_files"] == ["alerts.yml"]
+    assert config["rule_files"] == ["alerts.yml", "recording_rules.yml"]
     assert config["global"]["scrape_interval"] == "15s"
     assert config["global"]["evaluation_interval"] == "15s"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = {
-        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-        for job in config["scrape_configs"]
+        name: [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+        for name, job in jobs.items()
     }
-    assert targets == {"prometheus": ["localhost:9090"], "otel-collector": ["otel-collector:8888"]}
+    assert targets == {
+        "prometheus": ["localhost:9090"],
+        "otel-collector": ["otel-collector:8888"],
+        "uptime": [],
+    }
     alertmanagers = config["alerting"]["alertmanagers"]
     assert [t for am in alertmanagers for sc in am["static_configs"] for t in sc["targets"]] == [
         "alertmanager:9093"
@@ -219,6 +231,41 @@ def test_prometheus_config_wiring() -> None:
     # OtelCollectorDown selects the Collector's scrape job by name.
     collector_down = next(a for a in _alerts() if a["alert"] == "OtelCollectorDown")
     assert 'job="otel-collector"' in collector_down["expr"]
+
+
+def test_uptime_job_probes_the_targets_file_through_the_blackbox_exporter() -> None:
+    """The contract the recording rules and dashboards build on."""
+    jobs = _load_yaml("prometheus.yml")["scrape_configs"]
+    (job,) = [j for j in jobs if j["job_name"] == "uptime"]
+    assert job["scrape_interval"] == "15s"
+    assert job["metrics_path"] == "/probe"
+    assert job["params"] == {"module": ["http_2xx"]}
+    assert job["file_sd_configs"] == [{"files": ["uptime-targets.yml"]}]
+    assert job["relabel_configs"] == [
+        {"source_labels": ["__address__"], "target_label": "__param_target"},
+        {"source_labels": ["__param_target"], "target_label": "instance"},
+        {"target_label": "__address__", "replacement": "blackbox-exporter:9115"},
+    ]
+    blackbox = _load_yaml("blackbox.yml")["modules"]["http_2xx"]
+    assert blackbox["prober"] == "http"
+    assert blackbox["timeout"] == "5s"
+    assert "valid_status_codes" not in blackbox["http"], "the default: any 2xx"
+    targets = [t for group in _load_yaml("uptime-targets.yml") for t in group["targets"]]
+    assert targets == ["http://demo-api:8000/health"], "the demo API's health URL in compose"
+    expressions = {a["alert"]: a["expr"] for a in _alerts()}
+    assert expressions["ApiDown"] == 'probe_success{job="uptime"} == 0'
+    assert expressions["BlackboxExporterDown"] == 'up{job="uptime"} == 0'
+
+
+def test_blackbox_config_is_valid() -> None:
+    exporter = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
+    if exporter is None:
+        pytest.fail(
+            "the blackbox exporter was not found on PATH: install Debian's "
+            "`prometheus-blackbox-exporter` package",
+            pytrace=False,
+        )
+    _run(exporter, "--config.check", "--config.file=prometheus/blackbox.yml")
 
 
 # ---- alertmanager.yml --------------------------------------------------------------
