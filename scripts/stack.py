@@ -26,27 +26,19 @@ test is started exactly as users start it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
 from stack_processes import (
-    COMPOSE,
     LOOPBACK,
     ROOT,
     MissingTool,
@@ -56,11 +48,7 @@ from stack_processes import (
     find_binary,
     find_prometheus,
     free_port,
-    http_status,
-    program_version,
-    tool_cache,
     venv_tool,
-    wait_until,
 )
 
 COLLECTOR_CONFIG = ROOT / "collector-config" / "otelcol-config.yaml"

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import pytest
 from flask.testing import FlaskClient
-from stack import Service, free_port  # type: ignore[import-not-found]
+from stack_processes import Service, free_port  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from stack import LOOPBACK, LocalStack, wait_until  # type: ignore[import-not-found]
+from stack import LocalStack  # type: ignore[import-not-found]
+from stack_processes import LOOPBACK, wait_until  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.e2e
 

@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 
 from tests.e2e.file_export import exported_spans, file_export_stack
 
-from stack import wait_until  # type: ignore[import-not-found]
+from stack_processes import wait_until  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from stack import tool_cache  # type: ignore[import-not-found]
+from stack_processes import tool_cache  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.e2e
 

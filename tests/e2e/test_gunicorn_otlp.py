@@ -17,7 +17,12 @@ import requests
 
 from tests.e2e.otlp_sink import OtlpSink
 
-from stack import LOOPBACK, Service, free_port, wait_until  # type: ignore[import-not-found]
+from stack_processes import (  # type: ignore[import-not-found]
+    LOOPBACK,
+    Service,
+    free_port,
+    wait_until,
+)
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
 pytestmark = pytest.mark.e2e

@@ -22,12 +22,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from stack import (  # type: ignore[import-not-found]
+from stack import LocalStack, app_service  # type: ignore[import-not-found]
+from stack_processes import (  # type: ignore[import-not-found]
     LOOPBACK,
     ROOT,
-    LocalStack,
     Service,
-    app_service,
     free_port,
     wait_until,
 )

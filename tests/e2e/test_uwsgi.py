@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from stack import LOOPBACK, Service, free_port, wait_until  # type: ignore[import-not-found]
+from stack_processes import (  # type: ignore[import-not-found]
+    LOOPBACK,
+    Service,
+    free_port,
+    wait_until,
+)
 from tests.e2e.otlp_sink import OtlpSink
 
 pytestmark = pytest.mark.e2e

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
-from stack import Service, free_port  # type: ignore[import-not-found]
+from stack_processes import Service, free_port  # type: ignore[import-not-found]
 
 from tests.grafana import dashboard_queries as dq
 
