@@ -69,6 +69,8 @@ class Settings:
     parse_user_agent: bool = False
     sdk_fast_path: bool = True
     process_metrics: bool = True
+    keep_errors: bool = True
+    keep_slow_ms: int | None = None
     redact_keys: tuple[str, ...] = ()
     redact_keys_replace: bool = False
     redact_patterns: tuple[str, ...] = ()
@@ -299,6 +301,22 @@ OPTIONS: tuple[Option[Any], ...] = (
         "(process.cpu.time, process.memory.usage, process.uptime), read once per "
         "metric export, never per request.",
         "false",
+    ),
+    Option(
+        "keep_errors",
+        _parse_bool,
+        "bool",
+        "Export the span of every request that ends in a 5xx or an unhandled exception, "
+        "decided after the response, even when the head sampler did not sample it.",
+        "false",
+    ),
+    Option(
+        "keep_slow_ms",
+        _parse_positive_int,
+        "int (milliseconds)",
+        "Also export the span of every request that took at least this many "
+        "milliseconds, sampled or not.",
+        "2000",
     ),
     Option(
         "redact_keys",

@@ -37,6 +37,9 @@ How it works, and why:
   counted as the app reads it.
 * The teardown function runs after the view, with ``g`` still there: it reads
   the route template (never the raw path) and the consumer.
+* A request the head sampler left out is not recorded while it runs; when it
+  ends with a 5xx, an unhandled exception, or slower than a threshold, its
+  span is made then (:mod:`.kept_requests`).
 * None of our code may break a request: every step is guarded, and an app's
   own exception passes through unchanged.
 
@@ -59,6 +62,7 @@ from . import fast_attributes
 from .capture import Capture
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import ConsumerLabelLimiter, ConsumerResolver
+from .kept_requests import RequestKeeper
 from .metrics import HttpServerInstruments
 from .middleware import Middleware
 from .request_record import ENVIRON_KEY, RequestRecord, split_host
@@ -156,6 +160,8 @@ class AppState:
         if settings.sdk_fast_path:
             fast_attributes.install()
         self.tracer = get_tracer(__name__, __version__, tracer_provider, schema_url=_SCHEMA_URL)
+        # Failed and slow requests that were not sampled: kept after the response.
+        self.keeper = RequestKeeper.from_settings(settings, self.tracer)
         meter = get_meter(__name__, __version__, meter_provider, schema_url=_SCHEMA_URL)
         self.instruments = HttpServerInstruments.create(meter)
         self.consumers = ConsumerResolver(settings)

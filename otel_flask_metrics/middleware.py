@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation.wsgi import wsgi_getter
-from opentelemetry.semconv.attributes import url_attributes
 from opentelemetry.trace import SpanKind
 from werkzeug.wsgi import ClosingIterator
 
@@ -30,6 +29,7 @@ from .capture import BodyPrefix, CapturingInput, is_textual
 from .request_record import (
     ENVIRON_KEY,
     METHOD,
+    PATH,
     SCHEME,
     RequestRecord,
     finish_safely,
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from .extension import AppState
 
 _logger = logging.getLogger(__name__)
-
-_PATH = url_attributes.URL_PATH
 
 # The methods the semantic conventions know; anything else is "_OTHER", so a
 # client cannot create series by inventing methods.
@@ -167,7 +165,7 @@ class Middleware:
             limit = self._state.capture.body_limit
             if (
                 limit
-                and record.span.is_recording()
+                and (record.span.is_recording() or self._state.keeper is not None)
                 and is_textual(header_value(headers, "content-type"))
             ):
                 record.response_body = BodyPrefix(limit)
@@ -208,14 +206,19 @@ def begin_request(state: AppState, environ: WSGIEnvironment) -> RequestRecord | 
         method,
         context=parent,
         kind=SpanKind.SERVER,
-        attributes={METHOD: method, SCHEME: scheme, _PATH: environ.get("PATH_INFO") or "/"},
+        attributes={METHOD: method, SCHEME: scheme, PATH: environ.get("PATH_INFO") or "/"},
     )
     record = RequestRecord(state, environ, span, method, scheme)
     length = environ.get("CONTENT_LENGTH")
     if length and length.isascii() and length.isdigit():
         record.request_size = int(length)
     limit = state.capture.body_limit
-    if limit and span.is_recording() and is_textual(environ.get("CONTENT_TYPE")):
+    # A request that may be kept after its response keeps its prefix too.
+    if (
+        limit
+        and (span.is_recording() or state.keeper is not None)
+        and is_textual(environ.get("CONTENT_TYPE"))
+    ):
         record.request_body = BodyPrefix(limit)
     if record.request_body is not None or (
         record.request_size is None and (length or "HTTP_TRANSFER_ENCODING" in environ)
@@ -250,11 +253,18 @@ class _ResponseBody:
     def __iter__(self) -> Iterator[bytes]:
         record = self._record
         prefix = record.response_body
-        for chunk in self._body:
-            yield chunk
-            record.response_size += len(chunk)
-            if prefix is not None:
-                prefix.add(chunk)
+        try:
+            for chunk in self._body:
+                yield chunk
+                record.response_size += len(chunk)
+                if prefix is not None:
+                    prefix.add(chunk)
+        except Exception as exc:
+            # The body failed mid-stream (a generator's error after the
+            # status went out): the request failed, whatever its status.
+            if record.exception is None:
+                record.exception = exc
+            raise
         # Everything was handed over: the request is done, even for a host
         # that never calls close().
         finish_safely(record)

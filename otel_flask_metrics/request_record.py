@@ -13,7 +13,8 @@ from collections.abc import Callable
 from time import perf_counter, time_ns
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context, trace
+from opentelemetry import context, propagate, trace
+from opentelemetry.instrumentation.wsgi import wsgi_getter
 from opentelemetry.semconv.attributes import (
     client_attributes,
     error_attributes,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
     from .extension import AppState
+    from .kept_requests import RequestKeeper
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ METHOD = http_attributes.HTTP_REQUEST_METHOD
 _STATUS = http_attributes.HTTP_RESPONSE_STATUS_CODE
 _ROUTE = http_attributes.HTTP_ROUTE
 SCHEME = url_attributes.URL_SCHEME
+PATH = url_attributes.URL_PATH
 _ERROR_TYPE = error_attributes.ERROR_TYPE
 
 # Metric records that must not carry an exemplar get this context: not empty
@@ -152,12 +155,28 @@ class RequestRecord:
                 if consumer.group is not None:
                     attributes[API_CONSUMER_GROUP] = state.group_labels.label(consumer.group)
 
+            sampled = span.get_span_context().trace_flags.sampled
+            keeper = state.keeper
+            if (
+                not sampled
+                and keeper is not None
+                and keeper.wants(error_type, duration)
+                and not span.is_recording()
+            ):
+                # Failed or slow, and not sampled: its span is made now.
+                end_time = end_time if end_time is not None else time_ns()
+                kept = self._keep(keeper, duration, end_time)
+                if kept is not None:
+                    span = self.span = kept
+                    sampled = True
+
             instruments = state.instruments
-            # Exemplars link the latency histogram to sampled traces. The body
-            # may end after the request's context was detached, so the span's
-            # context is passed. The size histograms get a context without a
-            # span: an exemplar there is not worth an offer on every request.
-            if span.get_span_context().trace_flags.sampled:
+            # Exemplars link the latency histogram to sampled (or kept)
+            # traces. The body may end after the request's context was
+            # detached, so the span's context is passed. The size histograms
+            # get a context without a span: an exemplar there is not worth an
+            # offer on every request.
+            if sampled:
                 exemplar_context = trace.set_span_in_context(span)
             else:
                 exemplar_context = _WITHOUT_SPAN
@@ -177,6 +196,20 @@ class RequestRecord:
                 span.end(end_time)
             # environ -> record -> environ: break the cycle for the collector.
             self.environ.pop(ENVIRON_KEY, None)
+
+    def _keep(self, keeper: RequestKeeper, duration: float, end_time: int) -> trace.Span | None:
+        """The recorded span of this unsampled request, started when it began."""
+        environ = self.environ
+        # Extracted again, only for the few requests kept: the request's own
+        # trace is continued, as the unsampled span had continued it.
+        parent = propagate.extract(environ, getter=wsgi_getter)
+        attributes = {
+            METHOD: self.method,
+            SCHEME: self.scheme,
+            PATH: environ.get("PATH_INFO") or "/",
+        }
+        start_time = end_time - int(duration * 1e9)
+        return keeper.start_span(self.span, self.method, parent, attributes, start_time)
 
     def _end_span(
         self,
