@@ -71,6 +71,7 @@ class Settings:
     process_metrics: bool = True
     keep_errors: bool = True
     keep_slow_ms: int | None = None
+    log_records_per_request: int = 100
     redact_keys: tuple[str, ...] = ()
     redact_keys_replace: bool = False
     redact_patterns: tuple[str, ...] = ()
@@ -317,6 +318,15 @@ OPTIONS: tuple[Option[Any], ...] = (
         "Also export the span of every request that took at least this many "
         "milliseconds, sampled or not.",
         "2000",
+    ),
+    Option(
+        "log_records_per_request",
+        _parse_positive_int,
+        "int",
+        "At most this many of the app's log records are exported per request (later "
+        "ones are dropped and counted on its span), so one looping request cannot "
+        "fill the export queue every request shares.",
+        "1000",
     ),
     Option(
         "redact_keys",

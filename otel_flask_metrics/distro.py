@@ -48,13 +48,16 @@ _logger = logging.getLogger(__name__)
 
 DISTRO_NAME = "otel_flask_metrics"
 
-# What a Flask API team expects without setting anything: traces and metrics
-# over OTLP http/protobuf to a local Collector, logs only when asked, stable
-# HTTP semantic conventions, and metrics fresh enough for a live dashboard.
+# What a Flask API team expects without setting anything: traces, metrics and
+# the app's log lines (info and above) over OTLP http/protobuf to a local
+# Collector, stable HTTP semantic conventions, and metrics fresh enough for a
+# live dashboard.
 ENVIRONMENT_DEFAULTS: Mapping[str, str] = {
     "OTEL_TRACES_EXPORTER": "otlp",
     "OTEL_METRICS_EXPORTER": "otlp",
-    "OTEL_LOGS_EXPORTER": "none",
+    "OTEL_LOGS_EXPORTER": "otlp",
+    # Read by OpenTelemetry's logging handler: debug lines stay in the process.
+    "OTEL_PYTHON_LOG_HANDLER_LEVEL": "info",
     "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
     "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
     "OTEL_METRIC_EXPORT_INTERVAL": "15000",  # milliseconds
@@ -126,7 +129,9 @@ class FlaskMetricsConfigurator(_BaseConfigurator):
     """Builds the SDK providers when ``opentelemetry-instrument`` starts the app."""
 
     def _configure(self, **kwargs: Any) -> None:
-        configure()
+        # opentelemetry-instrumentation-logging's instrumentor runs next and
+        # installs the logging handler itself.
+        configure(_logging_handler=False)
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,9 @@ def configured() -> Providers | None:
     return _configured
 
 
-def configure(environ: Mapping[str, str] | None = None, **options: Any) -> Providers | None:
+def configure(
+    environ: Mapping[str, str] | None = None, *, _logging_handler: bool = True, **options: Any
+) -> Providers | None:
     """Set up tracing and metrics for otel-flask-metrics, once per process.
 
     The steps run in this order: settings (so a bad variable is reported
@@ -178,7 +185,7 @@ def configure(environ: Mapping[str, str] | None = None, **options: Any) -> Provi
     if settings.process_metrics:
         # Observable instruments register on the provider, so it must exist.
         ProcessMetrics().register(meter_provider)
-    _setup_logging(resource, settings, env, problems)
+    _setup_logging(resource, settings, env, problems, _logging_handler)
     report_problems(problems)  # deduplicated: a bad protocol is one line
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
@@ -268,25 +275,64 @@ def build_redactor(settings: Settings) -> Redactor:
 
 
 def _setup_logging(
-    resource: Resource, settings: Settings, env: Mapping[str, str], problems: list[ConfigProblem]
+    resource: Resource,
+    settings: Settings,
+    env: Mapping[str, str],
+    problems: list[ConfigProblem],
+    handler: bool,
 ) -> None:
-    # Logs are exported only when OTEL_LOGS_EXPORTER names an exporter; then
-    # the root logger's records go through redaction like spans do.
+    """The logger provider, and (without the launcher) OpenTelemetry's logging handler.
+
+    A record made while a request is served gets its route and consumer, and
+    every record passes redaction before the exporter sees it.
+    """
     exporters = load_exporters("logs", env, problems)
     if not exporters:
         return
     from opentelemetry._logs import set_logger_provider
-    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    from .request_logs import RequestLogProcessor
 
     provider = LoggerProvider(resource=resource)
     redactor = build_redactor(settings)
     for exporter in exporters:
         provider.add_log_record_processor(
-            RedactingLogRecordProcessor(BatchLogRecordProcessor(exporter), redactor)
+            RequestLogProcessor(
+                RedactingLogRecordProcessor(BatchLogRecordProcessor(exporter), redactor),
+                settings.log_records_per_request,
+            )
         )
     set_logger_provider(provider)
-    logging.getLogger().addHandler(LoggingHandler(logger_provider=provider))
+    automatic = env.get("OTEL_PYTHON_LOG_AUTO_INSTRUMENTATION", "true").strip().lower()
+    if handler and automatic == "true":
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+        level = _handler_level(env, problems)
+        logging.getLogger().addHandler(LoggingHandler(level=level, logger_provider=provider))
+
+
+_HANDLER_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _handler_level(env: Mapping[str, str], problems: list[ConfigProblem]) -> int:
+    """``OTEL_PYTHON_LOG_HANDLER_LEVEL`` as the instrumentor reads it, checked."""
+    variable = "OTEL_PYTHON_LOG_HANDLER_LEVEL"
+    raw = env.get(variable, ENVIRONMENT_DEFAULTS[variable])
+    name = raw.strip().lower()
+    if name in _HANDLER_LEVELS:
+        return int(getattr(logging, name.upper()))
+    if name == "notset" or not name:
+        return logging.NOTSET
+    problems.append(
+        ConfigProblem(
+            variable,
+            raw,
+            f"expected one of {', '.join(_HANDLER_LEVELS)}; every level is exported instead",
+        )
+    )
+    return logging.NOTSET
 
 
 def metric_views() -> list[View]:

@@ -50,6 +50,7 @@ USER_AGENT_NAME = "user_agent.name"
 USER_AGENT_OS_NAME = "user_agent.os.name"
 HTTP_REQUEST_REFERER = "http.request.header.referer"
 HTTP_RESPONSE_CONTENT_TYPE = "http.response.header.content-type"
+LOG_RECORDS_DROPPED = "otel_flask_metrics.log_records.dropped"
 
 METHOD = http_attributes.HTTP_REQUEST_METHOD
 _STATUS = http_attributes.HTTP_RESPONSE_STATUS_CODE
@@ -72,6 +73,7 @@ class RequestRecord:
         "exception",
         "finished",
         "input",
+        "log_records",
         "method",
         "private",
         "request_body",
@@ -113,6 +115,7 @@ class RequestRecord:
         self.consumer: Consumer | None = None
         self.exception: BaseException | None = None
         self.finished = False
+        self.log_records = 0  # the app's log lines while serving it (request_logs)
 
     def finish(self, ended: float | None = None) -> None:
         """End the span and record the metrics, once.
@@ -241,6 +244,9 @@ class RequestRecord:
                     span_attributes[API_CONSUMER_GROUP] = consumer.group
                 if consumer.name is not None:
                     span_attributes[API_CONSUMER_NAME] = consumer.name
+            dropped = self.log_records - self.state.settings.log_records_per_request
+            if dropped > 0:
+                span_attributes[LOG_RECORDS_DROPPED] = dropped
             content_type = header_value(self.response_headers, "content-type")
             if content_type is not None:
                 span_attributes[HTTP_RESPONSE_CONTENT_TYPE] = (content_type,)

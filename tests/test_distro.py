@@ -51,7 +51,8 @@ def test_distro_sets_defaults_without_overriding_the_user(monkeypatch: pytest.Mo
     FlaskMetricsDistro().configure()
     assert os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     assert os.environ["OTEL_TRACES_EXPORTER"] == "otlp"
-    assert os.environ["OTEL_LOGS_EXPORTER"] == "none"
+    assert os.environ["OTEL_LOGS_EXPORTER"] == "otlp"
+    assert os.environ["OTEL_PYTHON_LOG_HANDLER_LEVEL"] == "info"
     assert os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] == "http"
     assert os.environ["OTEL_PYTHON_CONFIGURATOR"] == "otel_flask_metrics"
     assert os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] == "256"

@@ -82,3 +82,12 @@ def slow() -> dict[str, str]:
 @app.get("/fail")
 def fail() -> str:
     raise RuntimeError("the test asked for a failure")
+
+
+@app.get("/charge")
+def charge() -> dict[str, str]:
+    # A log line with secrets in it: what leaves the process must be redacted.
+    app.logger.warning(
+        "charging card %s for %s", request.args.get("card", ""), request.headers.get("Authorization")
+    )
+    return {"status": "charged"}

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -33,6 +34,7 @@ class OtlpSink:
     def __init__(self) -> None:
         self.traces: list[ExportTraceServiceRequest] = []
         self.metrics: list[ExportMetricsServiceRequest] = []
+        self.logs: list[ExportLogsServiceRequest] = []
         self.raw_bytes: list[bytes] = []
         self._lock = threading.Lock()
         sink = self
@@ -65,6 +67,8 @@ class OtlpSink:
                 self.traces.append(ExportTraceServiceRequest.FromString(body))
             elif path == "/v1/metrics":
                 self.metrics.append(ExportMetricsServiceRequest.FromString(body))
+            elif path == "/v1/logs":
+                self.logs.append(ExportLogsServiceRequest.FromString(body))
 
     def __enter__(self) -> OtlpSink:
         self.thread.start()
@@ -84,6 +88,18 @@ class OtlpSink:
                 resource = attributes(resource_spans.resource.attributes)
                 for scope_spans in resource_spans.scope_spans:
                     found.extend((resource, span) for span in scope_spans.spans)
+        return found
+
+    def log_records(self) -> list[tuple[dict[str, Any], Any]]:
+        """(resource attributes, log record) for every log record received."""
+        with self._lock:
+            requests = list(self.logs)
+        found = []
+        for request in requests:
+            for resource_logs in request.resource_logs:
+                resource = attributes(resource_logs.resource.attributes)
+                for scope_logs in resource_logs.scope_logs:
+                    found.extend((resource, record) for record in scope_logs.log_records)
         return found
 
     def latest_points(self, metric_name: str) -> Iterator[tuple[dict[str, Any], dict[str, Any], Any]]:

@@ -1,5 +1,7 @@
 """Under ``opentelemetry-instrument gunicorn`` at 0 % and 10 % head sampling, every failed or slow request is exported.
 
+With it go the app's log lines, tied to their request and redacted.
+
 The sampler comes from the standard ``OTEL_TRACES_SAMPLER`` variables, as a
 production deployment sets it; the spans are decoded from what reached a real
 OTLP/HTTP endpoint.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -23,6 +26,13 @@ pytestmark = pytest.mark.e2e
 OK_REQUESTS = 60
 FAILED_REQUESTS = 7
 SLOW_REQUESTS = 2  # /slow sleeps 300 ms; the threshold is 250 ms
+CARD = "4111 1111 1111 1111"
+BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl"
+
+
+def _request_logs(sink: OtlpSink) -> list[Any]:
+    """The log records written while a request was served (they carry its route)."""
+    return [r for _, r in sink.log_records() if "http.route" in attributes(r.attributes)]
 
 
 @pytest.fixture
@@ -53,7 +63,10 @@ def test_every_failed_and_slow_request_is_exported_at_any_ratio(
             assert requests.get(f"{base}/fail", headers=headers, timeout=10).status_code == 500
         for _ in range(SLOW_REQUESTS):
             assert requests.get(f"{base}/slow", headers=headers, timeout=10).status_code == 200
-        total = OK_REQUESTS + FAILED_REQUESTS + SLOW_REQUESTS
+        secret_headers = {**headers, "Authorization": BEARER}
+        charged = requests.get(f"{base}/charge", params={"card": CARD}, headers=secret_headers, timeout=10)
+        assert charged.status_code == 200
+        total = OK_REQUESTS + FAILED_REQUESTS + SLOW_REQUESTS + 1
 
         def counted() -> bool:
             totals = sink.histogram_totals("http.server.request.duration")
@@ -98,6 +111,29 @@ def test_every_failed_and_slow_request_is_exported_at_any_ratio(
         assert ok == 0, "a fast, successful request is not kept"
     else:
         assert ok < OK_REQUESTS / 2, f"about 10 % of the fast requests, got {ok}"
+
+    # The app's log lines: Flask's "Exception on /fail" line of each failed
+    # request carries the ids of that request's (kept) span, its route and its
+    # consumer; the line with secrets left the process redacted.
+    wait_until(
+        lambda: len(_request_logs(sink)) >= FAILED_REQUESTS + 1, 30, "the requests' log lines"
+    )
+    logs = _request_logs(sink)
+    span_ids = {(s.trace_id, s.span_id): s for s in fail_spans}
+    fail_logs = [r for r in logs if attributes(r.attributes).get("http.route") == "/fail"]
+    assert len(fail_logs) == FAILED_REQUESTS
+    assert {(r.trace_id, r.span_id) for r in fail_logs} == set(span_ids)
+    for record in fail_logs:
+        attrs = attributes(record.attributes)
+        assert record.severity_text == "ERROR"
+        assert attrs["exception.type"] == "RuntimeError"
+        assert attrs["api.consumer.id"] == failed[0]["api.consumer.id"]
+    (charge,) = [r for r in logs if attributes(r.attributes).get("http.route") == "/charge"]
+    assert "charging card" in charge.body.string_value
+    for secret in (CARD, BEARER, "eyJhbGciOiJIUzI1NiJ9"):
+        assert secret.encode() not in b"".join(sink.raw_bytes)
+    outside = [r for r in sink.log_records() if "http.route" not in attributes(r[1].attributes)]
+    assert all(r.trace_id == b"" for _, r in outside), "lines outside a request have no trace"
 
     # Metrics unchanged: every request counted once, whatever was kept.
     by_route_status = sink.histogram_totals(
