@@ -18,7 +18,13 @@ from importlib.metadata import entry_points
 
 from . import fast_attributes
 from .config import OPTIONS, ConfigProblem, resolve_settings
-from .distro import DISTRO_NAME, ENVIRONMENT_DEFAULTS, load_exporters, otlp_protocol_variables
+from .distro import (
+    DISTRO_NAME,
+    ENVIRONMENT_DEFAULTS,
+    handler_level,
+    load_exporters,
+    otlp_protocol_variables,
+)
 from .version import __version__
 
 _ENDPOINT_TIMEOUT = 3.0  # seconds
@@ -47,6 +53,7 @@ def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> 
             shutdown = getattr(exporter, "shutdown", None)
             if shutdown is not None:
                 shutdown()
+    handler_level(env, problems)  # the logging handler's level, read as startup does
     problems.extend(_distro_conflicts(environ))
     problems = list(dict.fromkeys(problems))  # one protocol problem, not one per signal
     rejected = {problem.variable for problem in problems}

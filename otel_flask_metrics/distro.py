@@ -122,7 +122,19 @@ class FlaskMetricsDistro(BaseDistro):  # type: ignore[misc]  # untyped base clas
         if entry_point.name == "flask":
             _logger.debug("otel-flask-metrics instruments Flask; skipping the stock instrumentor")
             return
+        if entry_point.name == "logging" and not _logging_instrumentor_wanted(os.environ):
+            # Its handler on the root logger would stop Python's last-resort
+            # stderr output for nothing: no log is exported.
+            return
         super().load_instrumentor(entry_point, **kwargs)
+
+
+def _logging_instrumentor_wanted(env: Mapping[str, str]) -> bool:
+    """Logs are exported (``OTEL_LOGS_EXPORTER``), or their trace ids put in log lines."""
+    exporters = env.get("OTEL_LOGS_EXPORTER", ENVIRONMENT_DEFAULTS["OTEL_LOGS_EXPORTER"])
+    exported = any(name.strip() not in ("", "none") for name in exporters.split(","))
+    correlation = env.get("OTEL_PYTHON_LOG_CORRELATION", "").strip().lower() == "true"
+    return exported or correlation
 
 
 class FlaskMetricsConfigurator(_BaseConfigurator):
@@ -309,14 +321,14 @@ def _setup_logging(
     if handler and automatic == "true":
         from opentelemetry.instrumentation.logging.handler import LoggingHandler
 
-        level = _handler_level(env, problems)
+        level = handler_level(env, problems)
         logging.getLogger().addHandler(LoggingHandler(level=level, logger_provider=provider))
 
 
 _HANDLER_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def _handler_level(env: Mapping[str, str], problems: list[ConfigProblem]) -> int:
+def handler_level(env: Mapping[str, str], problems: list[ConfigProblem]) -> int:
     """``OTEL_PYTHON_LOG_HANDLER_LEVEL`` as the instrumentor reads it, checked."""
     variable = "OTEL_PYTHON_LOG_HANDLER_LEVEL"
     raw = env.get(variable, ENVIRONMENT_DEFAULTS[variable])

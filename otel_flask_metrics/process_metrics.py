@@ -30,10 +30,9 @@ class ProcessMetrics:
     own figures under its own ``service.instance.id``, which the SDK renews
     after the fork.
 
-    Not ``opentelemetry-instrumentation-system-metrics``: its exact pins on
-    the contrib release make pip 23.2 fail to resolve whenever it and
-    instrumentation-flask are released apart (see pyproject.toml); it reads
-    the pid captured when it is instrumented, so forked workers would all
+    Not ``opentelemetry-instrumentation-system-metrics``: one more contrib
+    package whose upper bound must move with the others (see pyproject.toml);
+    it reads the pid captured when it is instrumented, so forked workers would all
     report the arbiter; and it labels CPU time ``type`` instead of
     ``cpu.mode``.
     """

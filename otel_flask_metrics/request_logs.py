@@ -59,7 +59,10 @@ class RequestLogProcessor(LogRecordProcessor):
         record: RequestRecord | None = req.environ.get(ENVIRON_KEY)
         if record is None:  # an excluded URL, or another app's request
             return True
-        record.log_records += 1
+        if record.last_log is not log_record:
+            # Counted once, however many exporters' processors see the record.
+            record.last_log = log_record
+            record.log_records += 1
         if record.log_records > self._per_request:
             return False
         attributes = log_record.log_record.attributes

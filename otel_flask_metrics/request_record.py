@@ -73,6 +73,7 @@ class RequestRecord:
         "exception",
         "finished",
         "input",
+        "last_log",
         "log_records",
         "method",
         "private",
@@ -116,6 +117,7 @@ class RequestRecord:
         self.exception: BaseException | None = None
         self.finished = False
         self.log_records = 0  # the app's log lines while serving it (request_logs)
+        self.last_log: object = None
 
     def finish(self, ended: float | None = None) -> None:
         """End the span and record the metrics, once.

@@ -497,3 +497,33 @@ def test_problem_with_newline_in_value_stays_on_one_line(
         report_problems(problems)
     (record,) = [r for r in caplog.records if r.name.startswith("otel_flask_metrics")]
     assert "\n" not in record.getMessage()
+
+
+def test_a_problem_reaches_stderr_when_only_opentelemetrys_handler_is_on_the_root_logger(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """That handler silences Python's last resort; the startup line must still be seen."""
+    from opentelemetry._logs import NoOpLoggerProvider
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+    from otel_flask_metrics.config import ConfigProblem, report_problems
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [LoggingHandler(logger_provider=NoOpLoggerProvider())]
+    try:
+        report_problems([ConfigProblem("OTEL_FLASK_METRICS_X", "1", "only telemetry sees this")])
+    finally:
+        root.handlers[:] = saved
+    assert capsys.readouterr().err == (
+        "otel-flask-metrics configuration: OTEL_FLASK_METRICS_X='1': only telemetry sees this\n"
+    )
+
+    # With a console handler of the app's, the line is not written twice.
+    console = logging.StreamHandler()
+    root.addHandler(console)
+    try:
+        report_problems([ConfigProblem("OTEL_FLASK_METRICS_Y", "2", "the app's console sees this")])
+    finally:
+        root.removeHandler(console)
+    assert capsys.readouterr().err.count("the app's console sees this") == 1

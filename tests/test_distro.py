@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -358,3 +359,41 @@ def test_grpc_chosen_without_the_extra_exports_nothing_and_says_why(
     (problem,) = problems
     assert problem.variable == "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
     assert "pip install 'otel-flask-metrics[grpc]'" in problem.message
+
+
+_HANDLERS_PROBE = """
+    import json, logging
+    {setup}
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    from opentelemetry.sdk._logs import LoggingHandler as DeprecatedSdkHandler
+    handlers = logging.getLogger().handlers
+    print(json.dumps({{
+        "status": 0,
+        "maintained": sum(isinstance(h, LoggingHandler) for h in handlers),
+        "sdk": sum(isinstance(h, DeprecatedSdkHandler) for h in handlers),
+        "levels": [h.level for h in handlers if isinstance(h, LoggingHandler)],
+    }}))
+"""
+
+
+def test_no_logging_handler_when_no_log_is_exported() -> None:
+    """Python's last-resort stderr output keeps working when logs stay in the process."""
+    env = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}
+    result = _run(_HANDLERS_PROBE.format(setup=""), env, instrument=True)
+    assert result.returncode == 0, result.stderr
+    assert _last_json(result.stdout)["maintained"] == 0
+
+
+@pytest.mark.parametrize("launcher", [True, False], ids=["opentelemetry-instrument", "configure()"])
+def test_one_maintained_logging_handler_from_info_either_way(launcher: bool) -> None:
+    """The launcher's logging instrumentor installs it, configure() does without it: never both."""
+    setup = "" if launcher else "import otel_flask_metrics; otel_flask_metrics.configure()"
+    env = {
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    result = _run(_HANDLERS_PROBE.format(setup=setup), env, instrument=launcher)
+    assert result.returncode == 0, result.stderr
+    probe = _last_json(result.stdout)
+    assert probe == {"status": 0, "maintained": 1, "sdk": 0, "levels": [logging.INFO]}

@@ -52,9 +52,23 @@ def handler(log_exporter: InMemoryLogRecordExporter) -> Iterator[LoggingHandler]
     handler = LoggingHandler(level=logging.INFO, logger_provider=provider)
     app_logger.addHandler(handler)
     app_logger.setLevel(logging.DEBUG)
+    # Not to a root handler another test's configure() left behind.
+    app_logger.propagate = False
     yield handler
     app_logger.removeHandler(handler)
     provider.shutdown()
+
+
+def two_exporters_provider(
+    first: InMemoryLogRecordExporter, second: InMemoryLogRecordExporter
+) -> LoggerProvider:
+    """As the distro builds it for OTEL_LOGS_EXPORTER=otlp,console: a chain per exporter."""
+    provider = LoggerProvider()
+    for exporter in (first, second):
+        provider.add_log_record_processor(
+            RequestLogProcessor(SimpleLogRecordProcessor(exporter), CAP)
+        )
+    return provider
 
 
 def make_app(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> Flask:
@@ -163,3 +177,21 @@ def test_an_exception_logged_by_an_unsampled_failed_request_is_redacted_and_tied
     assert record.attributes["exception.type"] == "ValueError"
     assert PASSWORD not in json.dumps(dict(record.attributes), default=str)
     assert "could not log in" in record.body
+
+
+def test_two_exporters_each_get_the_cap_not_half_of_it(
+    tracer_provider: TracerProvider, meter_provider: MeterProvider
+) -> None:
+    first, second = InMemoryLogRecordExporter(), InMemoryLogRecordExporter()
+    provider = two_exporters_provider(first, second)
+    handler = LoggingHandler(level=logging.INFO, logger_provider=provider)
+    app_logger.addHandler(handler)
+    app_logger.setLevel(logging.INFO)
+    app_logger.propagate = False
+    try:
+        app = make_app(tracer_provider, meter_provider)
+        assert app.test_client().get("/loop", buffered=True).status_code == 200
+    finally:
+        app_logger.removeHandler(handler)
+        provider.shutdown()
+    assert len(exported(first)) == len(exported(second)) == CAP

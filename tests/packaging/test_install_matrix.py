@@ -406,6 +406,14 @@ def test_wheel_metadata(dists: Dists) -> None:
         assert operators & {">=", "~="}, f"{requirement}: a lower bound"
         assert not operators & {"==", "==="}, f"{requirement}: a range, not a pin"
     assert metadata["Requires-Python"] == ">=3.10"
+    # Contrib packages pin opentelemetry-instrumentation exactly: one shared
+    # range, or pip < 25.1 gives up when one has a release the other lacks.
+    contrib = {
+        str(requirement.specifier)
+        for requirement in core
+        if requirement.name.lower().startswith("opentelemetry-instrumentation-")
+    }
+    assert len(contrib) == 1, contrib
 
     modules = {f"{PACKAGE}/{path.name}" for path in (REPO / PACKAGE).glob("*.py")}
     assert f"{PACKAGE}/py.typed" in dists.wheel_names
