@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, TypeVar
 
+from .log_console import reaches_a_console
+
 _logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "OTEL_FLASK_METRICS_"
@@ -493,26 +495,8 @@ def report_problems(problems: list[ConfigProblem]) -> None:
         if problem not in _reported:
             _reported.add(problem)
             _logger.warning("otel-flask-metrics configuration: %s", problem)
-            if not _reaches_a_console(_logger):
+            if not reaches_a_console(_logger):
                 # Only OpenTelemetry's handler would see it (it is on the root
                 # logger, so Python's last-resort stderr output no longer
                 # runs): the person starting the app must still read it.
                 sys.stderr.write(f"otel-flask-metrics configuration: {problem}\n")
-
-
-def _reaches_a_console(logger: logging.Logger) -> bool:
-    """Whether a warning of ``logger`` reaches a handler other than OpenTelemetry's.
-
-    With no handler at all, Python's last-resort handler prints it to stderr.
-    """
-    current: logging.Logger | None = logger
-    found = False
-    while current is not None:
-        for handler in current.handlers:
-            if not type(handler).__module__.startswith("opentelemetry."):
-                return True
-            found = True
-        if not current.propagate:
-            break
-        current = current.parent
-    return not found

@@ -63,6 +63,7 @@ from .capture import Capture
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import ConsumerLabelLimiter, ConsumerResolver
 from .kept_requests import RequestKeeper
+from .log_console import keep_flask_console
 from .metrics import HttpServerInstruments
 from .middleware import Middleware
 from .request_record import ENVIRON_KEY, RequestRecord, split_host
@@ -126,6 +127,10 @@ class FlaskMetrics:
         app.extensions[EXTENSION_KEY] = state
         app.wsgi_app = Middleware(app.wsgi_app, state)  # type: ignore[method-assign]
         app.teardown_request(state.on_teardown)
+        try:
+            keep_flask_console(app)
+        except Exception:
+            _logger.debug("otel-flask-metrics: could not check the app's console", exc_info=True)
 
     @staticmethod
     def uninstrument_app(app: Flask) -> None:

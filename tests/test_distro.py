@@ -397,3 +397,24 @@ def test_one_maintained_logging_handler_from_info_either_way(launcher: bool) -> 
     assert result.returncode == 0, result.stderr
     probe = _last_json(result.stdout)
     assert probe == {"status": 0, "maintained": 1, "sdk": 0, "levels": [logging.INFO]}
+
+
+def test_a_500s_traceback_still_reaches_the_console_with_logs_exported() -> None:
+    """Flask adds its console handler only when no handler would show the app's
+    records, and OpenTelemetry's on the root logger counts as one."""
+    code = """
+        import flask, json
+        app = flask.Flask("probe")
+        app.add_url_rule("/", "boom", lambda: 1 / 0)
+        print(json.dumps({"status": app.test_client().get("/").status_code}))
+    """
+    env = {
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    result = _run(code, env, instrument=True)
+    assert result.returncode == 0, result.stderr
+    assert _last_json(result.stdout)["status"] == 500
+    assert "Exception on / [GET]" in result.stderr
+    assert "ZeroDivisionError" in result.stderr
