@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,22 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("OTEL_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_handler_left_behind() -> Iterator[None]:
+    """A test that sets up log export in-process must not leave it running for the next.
+
+    (A forgotten exporter retrying in the background also moves the ``random``
+    state under Hypothesis' feet.)
+    """
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    left = [h for h in root.handlers if h not in before]
+    for handler in left:
+        root.removeHandler(handler)
+    assert not left, f"handlers left on the root logger: {left}"
 
 
 @pytest.fixture

@@ -189,7 +189,9 @@ def _configure_in_memory(
         return MeterProvider(resource=resource, metric_readers=[reader])
 
     monkeypatch.setattr(distro, "_setup_metrics", setup_metrics)
-    providers = configure({"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", **env})
+    providers = configure(
+        {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", **env}
+    )
     assert providers is not None
     return reader
 
