@@ -66,7 +66,7 @@ class RequestLogProcessor(LogRecordProcessor):
         if record.log_records > self._per_request:
             return False
         attributes = log_record.log_record.attributes
-        if not isinstance(attributes, MutableMapping):  # the SDK's BoundedAttributes is
+        if not isinstance(attributes, MutableMapping):  # the SDK gives a mutable one
             return True
         rule = req.url_rule
         if rule is not None:
