@@ -319,29 +319,32 @@ def _setup_logging(
     set_logger_provider(provider)
     automatic = env.get("OTEL_PYTHON_LOG_AUTO_INSTRUMENTATION", "true").strip().lower()
     if handler and automatic == "true":
-        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+        from opentelemetry.instrumentation.logging import LoggingInstrumentor
 
-        level = handler_level(env, problems)
-        logging.getLogger().addHandler(LoggingHandler(level=level, logger_provider=provider))
-
-
-_HANDLER_LEVELS = ("debug", "info", "warning", "error", "critical")
+        # What opentelemetry-instrument would run: the handler on the root
+        # logger, kept there through logging.basicConfig / dictConfig.
+        LoggingInstrumentor().instrument(
+            log_handler_level=handler_level(env, problems)
+        )
 
 
 def handler_level(env: Mapping[str, str], problems: list[ConfigProblem]) -> int:
-    """``OTEL_PYTHON_LOG_HANDLER_LEVEL`` as the instrumentor reads it, checked."""
+    """``OTEL_PYTHON_LOG_HANDLER_LEVEL`` read as the logging instrumentor reads it, checked.
+
+    Like the instrumentor: any name ``logging`` knows (``warn`` and ``fatal``
+    included), and NOTSET (every level) for anything else.
+    """
     variable = "OTEL_PYTHON_LOG_HANDLER_LEVEL"
     raw = env.get(variable, ENVIRONMENT_DEFAULTS[variable])
-    name = raw.strip().lower()
-    if name in _HANDLER_LEVELS:
-        return int(getattr(logging, name.upper()))
-    if name == "notset" or not name:
-        return logging.NOTSET
+    level = logging.getLevelName(raw.strip().upper())
+    if isinstance(level, int):
+        return level
     problems.append(
         ConfigProblem(
             variable,
             raw,
-            f"expected one of {', '.join(_HANDLER_LEVELS)}; every level is exported instead",
+            "expected a logging level (debug, info, warning, error, critical); "
+            "every level is exported instead",
         )
     )
     return logging.NOTSET

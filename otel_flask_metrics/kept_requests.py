@@ -39,6 +39,7 @@ class _ReplayedIds(IdGenerator):
 
     def __init__(self) -> None:
         self._pending = threading.local()
+        self.random = False  # what the request tracer's generator says of its trace ids
 
     def replay(self, trace_id: int, span_id: int) -> None:
         self._pending.ids = (trace_id, span_id)
@@ -48,6 +49,9 @@ class _ReplayedIds(IdGenerator):
 
     def generate_span_id(self) -> int:
         return self._pending.ids[1]  # type: ignore[no-any-return]
+
+    def is_trace_id_random(self) -> bool:
+        return self.random
 
 
 class RequestKeeper:
@@ -102,6 +106,10 @@ class RequestKeeper:
         if tracer is None or source is None:
             return None
         ids = unsampled.get_span_context()
+        if not ids.is_valid:
+            # The request tracer made no ids (a tracer configurator disabled
+            # it): nothing to keep under.
+            return None
         self._ids.replay(ids.trace_id, ids.span_id)
         # A worker renews its resource after the fork (service.instance.id):
         # take the request tracer's current one.
@@ -130,12 +138,13 @@ class RequestKeeper:
             if isinstance(getattr(self._tracer, "_tracer", None), trace.NoOpTracer):
                 return None  # no provider yet: decide on a later request
             self._resolved = True
-            _logger.info(
+            _logger.warning(
                 "otel-flask-metrics: failed and slow requests that were not sampled are not "
                 "kept: the tracer provider is not the OpenTelemetry SDK's"
             )
             return None
         self._resolved = True
+        self._ids.random = source.id_generator.is_trace_id_random()
         self._kept_tracer = SdkTracer(
             ALWAYS_ON,
             source.resource,
@@ -144,5 +153,6 @@ class RequestKeeper:
             source.instrumentation_info,
             source._span_limits,  # the request spans' limits
             source._instrumentation_scope,  # the same scope
+            _tracer_config=source._tracer_config,
         )
         return self._kept_tracer

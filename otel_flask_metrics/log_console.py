@@ -14,15 +14,19 @@ import logging
 from flask import Flask
 
 
-def reaches_a_console(logger: logging.Logger) -> bool:
+def reaches_a_console(logger: logging.Logger, ignoring: logging.Handler | None = None) -> bool:
     """Whether a record of ``logger`` reaches a handler other than OpenTelemetry's.
 
     With no handler at all, Python's last-resort handler prints warnings to stderr.
+
+    :param ignoring: a handler not to count (the one asking).
     """
     current: logging.Logger | None = logger
     found = False
     while current is not None:
         for handler in current.handlers:
+            if handler is ignoring:
+                continue
             if not type(handler).__module__.startswith("opentelemetry."):
                 return True
             found = True
@@ -32,8 +36,27 @@ def reaches_a_console(logger: logging.Logger) -> bool:
     return not found
 
 
+class FlaskConsole(logging.Handler):
+    """Flask's default console handler, for the records nothing else would show.
+
+    Decided per record, as Flask would have decided when the logger was
+    made: an app that configures logging afterwards (``basicConfig`` under
+    the launcher) gets each line once, from its own handler.
+    """
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        from flask.logging import default_handler
+
+        if reaches_a_console(logging.getLogger(record.name), ignoring=self):
+            return False
+        return bool(default_handler.handle(record))
+
+    def emit(self, record: logging.LogRecord) -> None:  # handle() does the work
+        pass
+
+
 def keep_flask_console(app: Flask) -> None:
-    """Give ``app``'s logger Flask's console handler when only OpenTelemetry's would see it.
+    """Give ``app``'s logger Flask's console output when only OpenTelemetry's handler would see it.
 
     The logger is looked up by name, not through ``app.logger``, so Flask
     still creates that property itself, later, with the app's debug level.
@@ -41,5 +64,7 @@ def keep_flask_console(app: Flask) -> None:
     from flask.logging import default_handler
 
     logger = logging.getLogger(app.name)
-    if default_handler not in logger.handlers and not reaches_a_console(logger):
-        logger.addHandler(default_handler)
+    if any(isinstance(h, FlaskConsole) or h is default_handler for h in logger.handlers):
+        return
+    if not reaches_a_console(logger):
+        logger.addHandler(FlaskConsole())

@@ -64,6 +64,9 @@ class RequestLogProcessor(LogRecordProcessor):
             record.last_log = log_record
             record.log_records += 1
         if record.log_records > self._per_request:
+            if record.last_dropped is not log_record:
+                record.last_dropped = log_record
+                record.log_records_dropped += 1
             return False
         attributes = log_record.log_record.attributes
         if not isinstance(attributes, MutableMapping):  # the SDK gives a mutable one
@@ -72,10 +75,16 @@ class RequestLogProcessor(LogRecordProcessor):
         if rule is not None:
             attributes[_ROUTE] = rule.rule
         state: AppState | None = current_app.extensions.get(EXTENSION_KEY)
-        if state is not None and not record.private:
+        # A request the skip callback may opt out (decided after the view)
+        # gets no consumer on its lines before that decision.
+        if state is not None and not record.private and (
+            record.consumer is not None or state.settings.skip_callback is None
+        ):
             # The consumer as known now: the header's at once, one the view
-            # sets (g.consumer_identifier, set_consumer) from then on.
-            consumer = record.consumer or state.consumers.resolve(req)
+            # sets (g.consumer_identifier, set_consumer) from then on; the
+            # consumer callback runs once per request, after the view, never
+            # per line.
+            consumer = record.consumer or state.consumers.resolve(req, use_callback=False)
             if consumer is not None:
                 attributes[API_CONSUMER_ID] = consumer.id
                 if consumer.group is not None:

@@ -73,8 +73,10 @@ class RequestRecord:
         "exception",
         "finished",
         "input",
+        "last_dropped",
         "last_log",
         "log_records",
+        "log_records_dropped",
         "method",
         "private",
         "request_body",
@@ -118,6 +120,8 @@ class RequestRecord:
         self.finished = False
         self.log_records = 0  # the app's log lines while serving it (request_logs)
         self.last_log: object = None
+        self.log_records_dropped = 0  # over the cap (request_logs)
+        self.last_dropped: object = None
 
     def finish(self, ended: float | None = None) -> None:
         """End the span and record the metrics, once.
@@ -170,7 +174,12 @@ class RequestRecord:
             ):
                 # Failed or slow, and not sampled: its span is made now.
                 end_time = end_time if end_time is not None else time_ns()
-                kept = self._keep(keeper, duration, end_time)
+                try:
+                    kept = self._keep(keeper, duration, end_time)
+                except Exception:
+                    # The metrics below are recorded whatever happened here.
+                    _logger.debug("otel-flask-metrics: could not keep a request", exc_info=True)
+                    kept = None
                 if kept is not None:
                     span = self.span = kept
                     sampled = True
@@ -246,9 +255,8 @@ class RequestRecord:
                     span_attributes[API_CONSUMER_GROUP] = consumer.group
                 if consumer.name is not None:
                     span_attributes[API_CONSUMER_NAME] = consumer.name
-            dropped = self.log_records - self.state.settings.log_records_per_request
-            if dropped > 0:
-                span_attributes[LOG_RECORDS_DROPPED] = dropped
+            if self.log_records_dropped:
+                span_attributes[LOG_RECORDS_DROPPED] = self.log_records_dropped
             content_type = header_value(self.response_headers, "content-type")
             if content_type is not None:
                 span_attributes[HTTP_RESPONSE_CONTENT_TYPE] = (content_type,)

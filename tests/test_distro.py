@@ -27,6 +27,7 @@ from otel_flask_metrics.distro import (
     ENVIRONMENT_DEFAULTS,
     FlaskMetricsDistro,
     HashedOnceResource,
+    handler_level,
     load_exporters,
     metric_views,
 )
@@ -418,3 +419,53 @@ def test_a_500s_traceback_still_reaches_the_console_with_logs_exported() -> None
     assert _last_json(result.stdout)["status"] == 500
     assert "Exception on / [GET]" in result.stderr
     assert "ZeroDivisionError" in result.stderr
+
+
+def test_basicconfig_after_configure_still_works_and_keeps_the_export_handler() -> None:
+    code = """
+        import json, logging
+        import otel_flask_metrics
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+        otel_flask_metrics.configure()
+        logging.basicConfig(level=logging.INFO)
+        root = logging.getLogger()
+        print(json.dumps({"status": 0, "level": root.level,
+                          "kinds": sorted(type(h).__name__ for h in root.handlers)}))
+    """
+    env = {
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    result = _run(code, env)
+    assert result.returncode == 0, result.stderr
+    probe = _last_json(result.stdout)
+    assert probe == {"status": 0, "level": logging.INFO, "kinds": ["LoggingHandler", "StreamHandler"]}
+
+
+def test_an_app_that_configures_logging_after_it_is_created_prints_each_line_once() -> None:
+    code = """
+        import flask, json, logging
+        app = flask.Flask("probe")
+        logging.basicConfig(level=logging.INFO, format="root: %(message)s")
+        app.logger.warning("a line to see once")
+        print(json.dumps({"status": 0}))
+    """
+    env = {
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    result = _run(code, env, instrument=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("a line to see once") == 1, result.stderr
+    assert "root: a line to see once" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"), [("warn", logging.WARNING), ("FATAL", logging.CRITICAL), (" debug ", logging.DEBUG)]
+)
+def test_the_handler_level_is_read_as_the_instrumentor_reads_it(raw: str, level: int) -> None:
+    problems: list[Any] = []
+    assert handler_level({"OTEL_PYTHON_LOG_HANDLER_LEVEL": raw}, problems) == level
+    assert problems == []

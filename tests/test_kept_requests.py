@@ -281,3 +281,18 @@ def test_no_sdk_tracer_means_nothing_kept_and_nothing_broken(
         assert app.test_client().get("/unavailable", buffered=True).status_code == 503
         assert app.test_client().get("/unavailable", buffered=True).status_code == 503
     assert len([r for r in caplog.records if "not kept" in r.getMessage()]) == 1
+
+
+def test_a_disabled_request_tracer_keeps_nothing(
+    span_exporter: InMemorySpanExporter, meter_provider: MeterProvider
+) -> None:
+    """No ids to keep under: never a span with all-zero ids."""
+    from opentelemetry.sdk.trace import _TracerConfig
+
+    provider = TracerProvider(
+        sampler=ALWAYS_OFF, _tracer_configurator=lambda scope: _TracerConfig(False)
+    )
+    provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    app, _ = make_app(provider, meter_provider)
+    assert app.test_client().get("/unavailable", buffered=True).status_code == 503
+    assert span_exporter.get_finished_spans() == ()

@@ -195,3 +195,90 @@ def test_two_exporters_each_get_the_cap_not_half_of_it(
         app_logger.removeHandler(handler)
         provider.shutdown()
     assert len(exported(first)) == len(exported(second)) == CAP
+
+
+calls: list[str] = []
+
+
+def counting_callback(req: Any) -> str:
+    calls.append(req.path)
+    return "from-callback"
+
+
+def test_the_consumer_callback_runs_once_per_request_not_per_line(
+    handler: LoggingHandler,
+    log_exporter: InMemoryLogRecordExporter,
+    tracer_provider: TracerProvider,
+    meter_provider: MeterProvider,
+) -> None:
+    calls.clear()
+    app = Flask(__name__)
+
+    @app.get("/many")
+    def many() -> str:
+        for i in range(CAP):
+            app_logger.info("line %d", i)
+        return "ok"
+
+    FlaskMetrics(
+        app,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        consumer_callback=counting_callback,
+    )
+    assert app.test_client().get("/many", buffered=True).status_code == 200
+    assert calls == ["/many"], "after the view, once"
+    # Lines written while the view ran: the callback's consumer is not known yet.
+    assert all("api.consumer.id" not in r.attributes for r in exported(log_exporter))
+
+
+def test_a_request_the_skip_callback_may_opt_out_has_no_consumer_on_its_lines(
+    handler: LoggingHandler,
+    log_exporter: InMemoryLogRecordExporter,
+    tracer_provider: TracerProvider,
+    meter_provider: MeterProvider,
+) -> None:
+    app = Flask(__name__)
+
+    @app.get("/private")
+    def private() -> str:
+        app_logger.info("a line")
+        return "ok"
+
+    FlaskMetrics(
+        app,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        consumer_header="X-API-Key",
+        skip_callback=lambda req: True,
+    )
+    headers = {"X-API-Key": "key-1"}
+    assert app.test_client().get("/private", headers=headers, buffered=True).status_code == 200
+    (record,) = exported(log_exporter)
+    assert "api.consumer.id" not in record.attributes
+    assert record.attributes["http.route"] == "/private"
+
+
+def test_the_span_counts_what_was_dropped_whatever_cap_the_extension_was_given(
+    handler: LoggingHandler,
+    log_exporter: InMemoryLogRecordExporter,
+    tracer_provider: TracerProvider,
+    span_exporter: InMemorySpanExporter,
+    meter_provider: MeterProvider,
+) -> None:
+    app = Flask(__name__)
+
+    @app.get("/loop")
+    def loop() -> str:
+        for i in range(CAP + 4):
+            app_logger.info("iteration %d", i)
+        return "done"
+
+    # The processor's cap (CAP) is what applies; the extension's own differs.
+    FlaskMetrics(
+        app, tracer_provider=tracer_provider, meter_provider=meter_provider, log_records_per_request=2
+    )
+    assert app.test_client().get("/loop", buffered=True).status_code == 200
+    assert len(exported(log_exporter)) == CAP
+    (span,) = span_exporter.get_finished_spans()
+    assert span.attributes["otel_flask_metrics.log_records.dropped"] == 4
