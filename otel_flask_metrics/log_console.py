@@ -10,8 +10,10 @@ server's log.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def reaches_a_console(logger: logging.Logger, ignoring: logging.Handler | None = None) -> bool:

@@ -63,10 +63,9 @@ class RequestLogProcessor(LogRecordProcessor):
             # Counted once, however many exporters' processors see the record.
             record.last_log = log_record
             record.log_records += 1
-        if record.log_records > self._per_request:
-            if record.last_dropped is not log_record:
-                record.last_dropped = log_record
+            if record.log_records > self._per_request:
                 record.log_records_dropped += 1
+        if record.log_records > self._per_request:
             return False
         attributes = log_record.log_record.attributes
         if not isinstance(attributes, MutableMapping):  # the SDK gives a mutable one

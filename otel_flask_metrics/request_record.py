@@ -73,7 +73,6 @@ class RequestRecord:
         "exception",
         "finished",
         "input",
-        "last_dropped",
         "last_log",
         "log_records",
         "log_records_dropped",
@@ -121,7 +120,6 @@ class RequestRecord:
         self.log_records = 0  # the app's log lines while serving it (request_logs)
         self.last_log: object = None
         self.log_records_dropped = 0  # over the cap (request_logs)
-        self.last_dropped: object = None
 
     def finish(self, ended: float | None = None) -> None:
         """End the span and record the metrics, once.

@@ -362,6 +362,14 @@ def test_grpc_chosen_without_the_extra_exports_nothing_and_says_why(
     assert "pip install 'otel-flask-metrics[grpc]'" in problem.message
 
 
+# Traces and metrics off; logs exported at the distro's default, to a loopback
+# port where nothing listens (refused at once).
+LOGS_TO_A_CLOSED_PORT = {
+    "OTEL_TRACES_EXPORTER": "none",
+    "OTEL_METRICS_EXPORTER": "none",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+}
+
 _HANDLERS_PROBE = """
     import json, logging
     {setup}
@@ -389,11 +397,7 @@ def test_no_logging_handler_when_no_log_is_exported() -> None:
 def test_one_maintained_logging_handler_from_info_either_way(launcher: bool) -> None:
     """The launcher's logging instrumentor installs it, configure() does without it: never both."""
     setup = "" if launcher else "import otel_flask_metrics; otel_flask_metrics.configure()"
-    env = {
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-    }
+    env = LOGS_TO_A_CLOSED_PORT
     result = _run(_HANDLERS_PROBE.format(setup=setup), env, instrument=launcher)
     assert result.returncode == 0, result.stderr
     probe = _last_json(result.stdout)
@@ -409,11 +413,7 @@ def test_a_500s_traceback_still_reaches_the_console_with_logs_exported() -> None
         app.add_url_rule("/", "boom", lambda: 1 / 0)
         print(json.dumps({"status": app.test_client().get("/").status_code}))
     """
-    env = {
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-    }
+    env = LOGS_TO_A_CLOSED_PORT
     result = _run(code, env, instrument=True)
     assert result.returncode == 0, result.stderr
     assert _last_json(result.stdout)["status"] == 500
@@ -432,11 +432,7 @@ def test_basicconfig_after_configure_still_works_and_keeps_the_export_handler() 
         print(json.dumps({"status": 0, "level": root.level,
                           "kinds": sorted(type(h).__name__ for h in root.handlers)}))
     """
-    env = {
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-    }
+    env = LOGS_TO_A_CLOSED_PORT
     result = _run(code, env)
     assert result.returncode == 0, result.stderr
     probe = _last_json(result.stdout)
@@ -451,11 +447,7 @@ def test_an_app_that_configures_logging_after_it_is_created_prints_each_line_onc
         app.logger.warning("a line to see once")
         print(json.dumps({"status": 0}))
     """
-    env = {
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-    }
+    env = LOGS_TO_A_CLOSED_PORT
     result = _run(code, env, instrument=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("a line to see once") == 1, result.stderr

@@ -82,25 +82,13 @@ class OtlpSink:
         """(resource attributes, span) for every span received."""
         with self._lock:
             requests = list(self.traces)
-        found = []
-        for request in requests:
-            for resource_spans in request.resource_spans:
-                resource = attributes(resource_spans.resource.attributes)
-                for scope_spans in resource_spans.scope_spans:
-                    found.extend((resource, span) for span in scope_spans.spans)
-        return found
+        return _items(requests, "resource_spans", "scope_spans", "spans")
 
     def log_records(self) -> list[tuple[dict[str, Any], Any]]:
         """(resource attributes, log record) for every log record received."""
         with self._lock:
             requests = list(self.logs)
-        found = []
-        for request in requests:
-            for resource_logs in request.resource_logs:
-                resource = attributes(resource_logs.resource.attributes)
-                for scope_logs in resource_logs.scope_logs:
-                    found.extend((resource, record) for record in scope_logs.log_records)
-        return found
+        return _items(requests, "resource_logs", "scope_logs", "log_records")
 
     def latest_points(self, metric_name: str) -> Iterator[tuple[dict[str, Any], dict[str, Any], Any]]:
         """The newest cumulative point per (process, attribute set) of a metric.
@@ -141,3 +129,14 @@ class OtlpSink:
             totals[group][0] += point.count
             totals[group][1] += point.sum
         return {k: (int(v[0]), v[1]) for k, v in totals.items()}
+
+
+def _items(requests: list[Any], resources: str, scopes: str, items: str) -> list[tuple[dict[str, Any], Any]]:
+    """(resource attributes, item) for each item of each export request, as OTLP nests them."""
+    found = []
+    for request in requests:
+        for resource_items in getattr(request, resources):
+            resource = attributes(resource_items.resource.attributes)
+            for scope_items in getattr(resource_items, scopes):
+                found.extend((resource, item) for item in getattr(scope_items, items))
+    return found
