@@ -23,10 +23,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.sdk._configuration import _BaseConfigurator
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.metrics.view import DropAggregation, View
 from opentelemetry.sdk.resources import Attributes, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -35,6 +32,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from . import log_throttle
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import DEFAULT_HASH_KEY
+from .fork_safety import ForkSafeMetricReader, fork_safe_provider
 from .process_metrics import ProcessMetrics
 from .redaction import (
     RedactingLogRecordProcessor,
@@ -262,9 +260,11 @@ def _setup_metrics(
         if isinstance(exporter, MetricReader):  # e.g. a Prometheus reader
             readers.append(exporter)
         else:
-            # OTEL_METRIC_EXPORT_INTERVAL / _TIMEOUT are read by the reader.
-            readers.append(PeriodicExportingMetricReader(exporter))
-    return MeterProvider(resource=resource, metric_readers=readers, views=metric_views())
+            # OTEL_METRIC_EXPORT_INTERVAL / _TIMEOUT are read by the reader;
+            # a worker forked mid-export must not inherit its locks held.
+            readers.append(ForkSafeMetricReader(exporter))
+    provider = MeterProvider(resource=resource, metric_readers=readers, views=metric_views())
+    return fork_safe_provider(provider)
 
 
 def build_redactor(settings: Settings) -> Redactor:

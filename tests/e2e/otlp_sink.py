@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,9 +30,13 @@ def attributes(items: Any) -> dict[str, Any]:
 
 
 class OtlpSink:
-    """Collects OTLP/HTTP protobuf exports; answers 200 like a Collector."""
+    """Collects OTLP/HTTP protobuf exports; answers 200 like a Collector.
 
-    def __init__(self) -> None:
+    :param metrics_delay: seconds each metrics export waits before its answer,
+        as a slow Collector would keep the exporter (and its locks) busy.
+    """
+
+    def __init__(self, metrics_delay: float = 0.0) -> None:
         self.traces: list[ExportTraceServiceRequest] = []
         self.metrics: list[ExportMetricsServiceRequest] = []
         self.logs: list[ExportLogsServiceRequest] = []
@@ -45,6 +50,8 @@ class OtlpSink:
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 sink.receive(self.path, body)
+                if metrics_delay and self.path == "/v1/metrics":
+                    time.sleep(metrics_delay)  # the slow Collector itself, not a wait
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")

@@ -197,11 +197,27 @@ def test_gunicorn_two_workers_export_consumers_and_exact_sizes(
         assert key.encode() not in everything
 
 
-@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])
+@pytest.mark.parametrize(
+    "preload, metrics_delay",
+    [(False, 0.0), (True, 0.0), (False, 0.45)],
+    ids=["fork-then-load", "preload", "slow-collector"],
+)
 def test_four_workers_with_recycling_count_exactly(
-    sink: OtlpSink, tmp_path: Path, preload: bool
+    tmp_path: Path, preload: bool, metrics_delay: float
 ) -> None:
-    """gunicorn -w 4 --max-requests: recycled workers flush on exit, ids never collide."""
+    """gunicorn -w 4 --max-requests: recycled workers flush on exit, ids never collide.
+
+    With a Collector that takes 0.45 s per metrics export, the arbiter's own
+    export (every 0.5 s) holds the reader's export lock most of the time, and
+    workers forked while it is held must still export (without the renewal in
+    fork_safety this failed about one run in three; tests/test_fork_safety.py
+    is the deterministic check).
+    """
+    with OtlpSink(metrics_delay) as sink:
+        _recycle_four_workers(sink, tmp_path, preload)
+
+
+def _recycle_four_workers(sink: OtlpSink, tmp_path: Path, preload: bool) -> None:
     port = free_port()
     args = ["--workers", "4", "--max-requests", "15"] + (["--preload"] if preload else [])
     app = _gunicorn(
