@@ -9,15 +9,19 @@
 Starts the Collector built from collector-config/builder-manifest.yaml,
 Prometheus (the version compose.yaml pins when scripts/build-prometheus.sh has
 built it, else the one on PATH), Alertmanager with the demo webhook receiver,
-the blackbox exporter for the uptime probes, the demo API under
+the blackbox exporter for the uptime probes, Jaeger (the version compose.yaml
+pins, built by scripts/build-jaeger.sh, with its traces in Badger under
+.stack/jaeger-data, kept across runs for 7 days), the demo API under
 ``opentelemetry-instrument gunicorn`` and its traffic generator, all with the
 shipped configuration files (only addresses are rewritten, and the probed URLs
 are the demo API's health URL and those given with --probe). It waits for each
 to be ready, prints every endpoint, and stops them all on Ctrl-C; the logs stay
 in the directory it prints.
 
-No trace store runs here: the Collector writes traces to traces.jsonl next to
-the logs instead of sending them to Jaeger.
+The Collector sends traces to Jaeger and also writes them to traces.jsonl next
+to the logs. Jaeger built from the Go module proxy has no UI assets (they ship
+only in its image): its query API answers on the printed address, e.g.
+/api/traces?service=demo-api&tags={"api.consumer.id":"..."}.
 
 The end-to-end tests import :class:`LocalStack` from here, so the stack they
 test is started exactly as users start it.
@@ -45,6 +49,7 @@ from stack_processes import (
     Prometheus,
     Service,
     build_collector,
+    build_jaeger,
     find_binary,
     find_prometheus,
     free_port,
@@ -54,10 +59,13 @@ from stack_processes import (
 COLLECTOR_CONFIG = ROOT / "collector-config" / "otelcol-config.yaml"
 PROMETHEUS_DIR = ROOT / "prometheus"
 DEFAULT_LOG_DIR = ROOT / ".stack" / "logs"
+DEFAULT_JAEGER_DATA = ROOT / ".stack" / "jaeger-data"
+JAEGER_CONFIG = ROOT / "jaeger" / "jaeger-config.yaml"
 
-# Layered over the shipped Collector config: with no Jaeger to send traces to,
-# they go to a file (rotated, so a long run cannot fill the disk) rather than
-# to an address where nothing, or the Collector itself, listens.
+# Layered over the shipped Collector config: traces also go to a file
+# (rotated, so a long run cannot fill the disk), readable without any tool;
+# without Jaeger only there, rather than to an address where nothing, or the
+# Collector itself, listens.
 TRACES_TO_FILE = """\
 exporters:
   file/stack-traces:
@@ -68,7 +76,7 @@ exporters:
 service:
   pipelines:
     traces:
-      exporters: [file/stack-traces, debug]
+      exporters: [%s]
 """
 
 
@@ -92,6 +100,10 @@ class LocalStack:
         compose service names mean nothing here.
     :param alertmanager_group_interval: replaces the shipped ``group_interval``
         (5m), which also paces resolved notifications; for tests that wait for one.
+    :param jaeger: the Jaeger binary to run with jaeger/jaeger-config.yaml;
+        None runs no trace store (traces go only to :attr:`traces_path`).
+    :param jaeger_data: Jaeger's Badger directory; ``work_dir/jaeger-data`` by
+        default. A directory outside ``work_dir`` keeps the traces across runs.
     """
 
     def __init__(
@@ -106,6 +118,8 @@ class LocalStack:
         prometheus: Prometheus | None = None,
         probe_urls: Sequence[str] = (),
         alertmanager_group_interval: str | None = None,
+        jaeger: Path | None = None,
+        jaeger_data: Path | None = None,
     ) -> None:
         self._owns_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="ofm-stack-"))
@@ -118,16 +132,21 @@ class LocalStack:
         self.prometheus_binary = prometheus
         self.probe_urls = list(probe_urls)
         self.alertmanager_group_interval = alertmanager_group_interval
+        self.jaeger_binary = jaeger
+        self.jaeger_data = self.work_dir / "jaeger-data" if jaeger_data is None else jaeger_data
         self.ports = {
             name: free_port()
             for name in (
                 "otlp_grpc", "otlp_http", "health", "collector_metrics", "prometheus",
                 "alertmanager", "alertmanager_cluster", "blackbox",
+                "jaeger_otlp_grpc", "jaeger_otlp_http", "jaeger_query", "jaeger_query_grpc",
+                "jaeger_health", "jaeger_metrics",
             )
         }
         self.services: list[Service] = []
         self.collector: Service | None = None
         self.prometheus: Service | None = None
+        self.jaeger: Service | None = None
 
     @property
     def otlp_http_endpoint(self) -> str:
@@ -150,6 +169,11 @@ class LocalStack:
         return f"http://{LOOPBACK}:{self.ports['blackbox']}"
 
     @property
+    def jaeger_url(self) -> str:
+        """Jaeger's query service (its API under /api; the UI only in its image)."""
+        return f"http://{LOOPBACK}:{self.ports['jaeger_query']}"
+
+    @property
     def traces_path(self) -> Path:
         """Where the Collector writes traces, unless an extra config sends them elsewhere."""
         return self.log_dir / "traces.jsonl"
@@ -165,6 +189,9 @@ class LocalStack:
         metrics = f"http://{LOOPBACK}:{self.ports['collector_metrics']}/metrics"
         rows.append(("Collector metrics", metrics))
         rows.append(("blackbox exporter", self.blackbox_url))
+        if self.jaeger_binary is not None:
+            rows.append(("Jaeger query API", f"{self.jaeger_url}/api/services"))
+        rows.append(("traces file", str(self.traces_path)))
         return rows
 
     def collector_env(self) -> dict[str, str]:
@@ -177,12 +204,37 @@ class LocalStack:
             "OTELCOL_METRICS_HOST": LOOPBACK,
             "OTELCOL_METRICS_PORT": str(self.ports["collector_metrics"]),
             "PROMETHEUS_REMOTE_WRITE_ENDPOINT": f"{self.prometheus_url}/api/v1/write",
-            # No trace store runs here: TRACES_TO_FILE replaces the exporter
-            # that reads this, but the shipped config must still resolve it.
-            "TRACES_OTLP_ENDPOINT": f"{LOOPBACK}:{self.ports['otlp_grpc']}",
+            # Without Jaeger, TRACES_TO_FILE drops the exporter that reads
+            # this, but the shipped config must still resolve it.
+            "TRACES_OTLP_ENDPOINT": f"{LOOPBACK}:{self.ports['jaeger_otlp_grpc']}",
             "OTELCOL_STACK_TRACES_FILE": str(self.traces_path),
             **self.extra_collector_env,
         }
+
+    def jaeger_env(self) -> dict[str, str]:
+        """The variables jaeger/jaeger-config.yaml reads, for a loopback run."""
+        return {
+            **os.environ,
+            "JAEGER_BADGER_DIR": str(self.jaeger_data),
+            "JAEGER_OTLP_GRPC_ENDPOINT": f"{LOOPBACK}:{self.ports['jaeger_otlp_grpc']}",
+            "JAEGER_OTLP_HTTP_ENDPOINT": f"{LOOPBACK}:{self.ports['jaeger_otlp_http']}",
+            "JAEGER_QUERY_HTTP_ENDPOINT": f"{LOOPBACK}:{self.ports['jaeger_query']}",
+            "JAEGER_QUERY_GRPC_ENDPOINT": f"{LOOPBACK}:{self.ports['jaeger_query_grpc']}",
+            "JAEGER_HEALTH_ENDPOINT": f"{LOOPBACK}:{self.ports['jaeger_health']}",
+            "JAEGER_METRICS_HOST": LOOPBACK,
+            "JAEGER_METRICS_PORT": str(self.ports["jaeger_metrics"]),
+        }
+
+    def jaeger_service(self) -> Service:
+        """Jaeger as the stack runs it; the tests stop and start it again with this."""
+        assert self.jaeger_binary is not None
+        return Service(
+            "jaeger",
+            [str(self.jaeger_binary), f"--config={JAEGER_CONFIG}"],
+            self.log_dir,
+            env=self.jaeger_env(),
+            ready_url=f"http://{LOOPBACK}:{self.ports['jaeger_health']}/status",
+        )
 
     def prometheus_config(self) -> Path:
         """The shipped prometheus.yml with only its target addresses rewritten.
@@ -281,8 +333,15 @@ class LocalStack:
                 ready_url=f"{self.alertmanager_url}/-/ready",
             ).start()
             self.services.append(alertmanager)
+        if self.jaeger_binary is not None:
+            # Before the Collector, so that its first traces find it.
+            self.jaeger = self.jaeger_service().start()
+            self.services.append(self.jaeger)
+        exporters = ["file/stack-traces", "debug"]
+        if self.jaeger_binary is not None:
+            exporters.insert(0, "otlp_grpc/traces")
         traces_to_file = self.work_dir / "collector-traces-to-file.yaml"
-        traces_to_file.write_text(TRACES_TO_FILE)
+        traces_to_file.write_text(TRACES_TO_FILE % ", ".join(exporters))
         argv = [str(collector_binary), f"--config={COLLECTOR_CONFIG}", f"--config={traces_to_file}"]
         argv += [f"--config={path}" for path in self.extra_collector_configs]
         self.collector = Service(
@@ -357,7 +416,7 @@ def app_service(
 # Every file a run writes in its log directory (replaced by the next run).
 RUN_LOGS = (
     "prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log",
-    "blackbox-exporter.log",
+    "blackbox-exporter.log", "jaeger.log",
     "demo-api.log", "traffic.log", "traces.jsonl",
 )
 
@@ -403,6 +462,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "repeatable (the demo API's /health is probed whenever it runs)",
     )
     parser.add_argument(
+        "--no-jaeger", action="store_true",
+        help="run no trace store (skips building Jaeger): traces go only to traces.jsonl",
+    )
+    parser.add_argument(
+        "--jaeger-data", type=Path, default=DEFAULT_JAEGER_DATA, metavar="DIR",
+        help="Jaeger's Badger directory, kept across runs (default: "
+        f"{DEFAULT_JAEGER_DATA.relative_to(ROOT)}/ in the repository)",
+    )
+    parser.add_argument(
         "--logs", type=Path, default=DEFAULT_LOG_DIR, metavar="DIR",
         help="where the logs and traces go, kept after the stack stops and replaced by "
         f"the next run (default: {DEFAULT_LOG_DIR.relative_to(ROOT)}/ in the repository)",
@@ -437,6 +505,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"logs: {log_dir}")
     print("building/locating the Collector ...", flush=True)
     collector = build_collector()
+    jaeger = None
+    if not args.no_jaeger:
+        print("building/locating Jaeger ...", flush=True)
+        jaeger = build_jaeger()
     webhook_port = free_port()
     demo_port = args.demo_port or free_port()
     demo_health = f"http://{LOOPBACK}:{demo_port}/health"
@@ -445,6 +517,8 @@ def run(args: argparse.Namespace) -> int:
         alert_webhook_url=f"http://{LOOPBACK}:{webhook_port}/",
         prometheus=prometheus,
         probe_urls=[demo_health, *args.probe] if demo else args.probe,
+        jaeger=jaeger,
+        jaeger_data=args.jaeger_data.resolve(),
     )
     try:
         stack.start(collector)
@@ -484,7 +558,6 @@ def run(args: argparse.Namespace) -> int:
                         log_dir,
                     )
                 )
-        rows.append(("traces (no Jaeger here)", str(stack.traces_path)))
         print()
         print(endpoint_table(rows))
         print()

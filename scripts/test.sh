@@ -9,6 +9,8 @@
 #     uptime probes) from Debian, if missing
 #   - the OpenTelemetry Collector from collector-config/builder-manifest.yaml
 #     (built with Go and the Collector Builder; cached by manifest hash)
+#   - Jaeger at the version compose.yaml pins, built from the Go module proxy
+#     (cached by version; scripts/stack.py runs it too)
 #   - Prometheus and promtool at the version compose.yaml pins, built from the
 #     Go module proxy (cached by version) and put first on PATH; Debian's
 #     Prometheus 2.42 is only a fallback for scripts/stack.py
@@ -47,6 +49,10 @@ step "OpenTelemetry Collector"
 command -v go >/dev/null || { echo "Go is required to build the Collector: https://go.dev/dl/"; exit 1; }
 collector=$(bash scripts/build-collector.sh)
 echo "$collector"
+
+step "Jaeger (the version compose.yaml pins)"
+jaeger_bin=$(bash scripts/build-jaeger.sh)
+"$jaeger_bin/jaeger" --version 2>/dev/null | head -n 1
 
 step "Prometheus (the version compose.yaml pins)"
 prometheus_bin=$(bash scripts/build-prometheus.sh)

@@ -466,11 +466,11 @@ STOP_TIMEOUT = 90  # seconds; each process gets 20 s to flush, in turn
 EVERY_ENDPOINT = {
     "Prometheus", "Alertmanager", "Collector OTLP gRPC", "Collector OTLP HTTP",
     "Collector health check", "Collector metrics", "alert webhook", "demo API",
-    "traces (no Jaeger here)", "blackbox exporter",
+    "traces file", "blackbox exporter", "Jaeger query API",
 }
 STACK_LOGS = (
     "prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log",
-    "blackbox-exporter.log",
+    "blackbox-exporter.log", "jaeger.log",
 )
 
 
@@ -502,7 +502,8 @@ ENDPOINT_CHECKS: dict[str, Callable[[str], bool]] = {
     "Collector metrics": lambda a: http_status(a) == 200,
     "alert webhook": lambda a: http_status(f"{a}health") == 200,
     "demo API": lambda a: http_status(f"{a}/health") == 200,
-    "traces (no Jaeger here)": lambda a: Path(a).parent.is_dir(),
+    "traces file": lambda a: Path(a).parent.is_dir(),
+    "Jaeger query API": lambda a: http_status(a) == 200,
     "blackbox exporter": lambda a: http_status(f"{a}/-/healthy") == 200,
 }
 
@@ -529,7 +530,8 @@ class StackRun:
     @classmethod
     def start(cls, args: list[str], logs: Path) -> StackRun:
         process = subprocess.Popen(
-            [sys.executable, str(STACK_SCRIPT), *args, "--logs", str(logs)],
+            [sys.executable, str(STACK_SCRIPT), *args, "--logs", str(logs),
+             "--jaeger-data", str(logs.parent / "jaeger-data")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=_not_activated(), cwd=ROOT,
         )
@@ -634,7 +636,7 @@ def test_stack_script_prints_every_endpoint_and_keeps_its_logs(
     endpoints = run.endpoints()
     assert set(endpoints) == EVERY_ENDPOINT
     assert endpoints["demo API"] == f"http://{LOOPBACK}:{demo_port}"
-    assert endpoints["traces (no Jaeger here)"] == str(logs / "traces.jsonl")
+    assert endpoints["traces file"] == str(logs / "traces.jsonl")
     _assert_every_endpoint_answers(endpoints)
     assert (
         f"Your own app: OTEL_EXPORTER_OTLP_ENDPOINT={endpoints['Collector OTLP HTTP']} "
@@ -652,6 +654,17 @@ def test_stack_script_prints_every_endpoint_and_keeps_its_logs(
     traces = logs / "traces.jsonl"
     wait_until(lambda: traces.exists() and "/api/items/" in traces.read_text(), 30,
                "the demo's trace in traces.jsonl", 0.2)
+    # ... and in Jaeger, found by service and route as the dashboards' links search.
+    jaeger = endpoints["Jaeger query API"].removesuffix("/api/services")
+    search = urllib.parse.urlencode(
+        {"service": "demo-api", "tags": json.dumps({"http.route": "/api/items/<int:item_id>"})}
+    )
+
+    def in_jaeger() -> bool:
+        with urllib.request.urlopen(f"{jaeger}/api/traces?{search}", timeout=5) as response:
+            return bool(json.load(response)["data"])
+
+    wait_until(in_jaeger, 30, "the demo's trace in Jaeger", 0.2)
     with urllib.request.urlopen(endpoints["Collector metrics"], timeout=5) as response:
         own_metrics = response.read().decode()
     assert 'otelcol_receiver_accepted_spans{receiver="otlp",transport="grpc"' not in own_metrics
