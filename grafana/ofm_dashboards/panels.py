@@ -39,11 +39,11 @@ class Column:
 
 @dataclass(frozen=True)
 class LabelColumn:
-    """A label column of a table, optionally linking to a drill-down."""
+    """A label column of a table, optionally linking to drill-downs and the request log."""
 
     label: str
     header: str
-    link: JSON | None = None
+    links: tuple[JSON, ...] = ()
 
 
 ANONYMOUS: JSON = {
@@ -178,8 +178,8 @@ def table(
         if label.label in CONSUMER:
             # Requests without an identified consumer lack the label.
             label_properties.append({"id": "mappings", "value": [ANONYMOUS]})
-        if label.link is not None:
-            label_properties.append({"id": "links", "value": [label.link]})
+        if label.links:
+            label_properties.append({"id": "links", "value": list(label.links)})
         if label_properties:
             overrides.append(
                 {
@@ -342,13 +342,49 @@ def drill_down(uid: str, variable: str, title: str) -> JSON:
     }
 
 
-def to_consumer() -> JSON:
-    return drill_down("ofm-consumers", "consumer", "Consumer drill-down")
+# The uid grafana/provisioning/datasources gives the Jaeger datasource.
+JAEGER_UID = "jaeger"
 
 
-def to_route() -> JSON:
-    return drill_down("ofm-endpoints", "route", "Route drill-down")
+def request_log(span_attribute: str) -> JSON:
+    """A data link opening the request log in Explore: Jaeger's search for the
+    selected service's traces whose ``span_attribute`` is the clicked cell.
+
+    An internal link, so Grafana builds the Explore URL and the time range
+    from the dashboard's. Jaeger searches one service at a time: with "All"
+    services selected the search finds nothing until one is picked.
+    """
+    return {
+        "title": "Request log (Jaeger)",
+        "url": "",
+        "internal": {
+            "datasourceUid": JAEGER_UID,
+            "datasourceName": "Jaeger",
+            "query": {
+                "refId": "A",
+                "queryType": "search",
+                "service": "${service}",
+                # logfmt, as the Jaeger datasource's tags field takes them.
+                "tags": f'{span_attribute}="${{__value.raw}}"',
+                "limit": 100,
+            },
+        },
+    }
 
 
-def to_group() -> JSON:
-    return drill_down("ofm-consumers", "consumer_group", "Consumer group view")
+def to_consumer() -> tuple[JSON, ...]:
+    return (
+        drill_down("ofm-consumers", "consumer", "Consumer drill-down"),
+        request_log("api.consumer.id"),
+    )
+
+
+def to_route() -> tuple[JSON, ...]:
+    return (
+        drill_down("ofm-endpoints", "route", "Route drill-down"),
+        request_log("http.route"),
+    )
+
+
+def to_group() -> tuple[JSON, ...]:
+    return (drill_down("ofm-consumers", "consumer_group", "Consumer group view"),)

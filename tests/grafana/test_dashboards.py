@@ -229,7 +229,10 @@ def test_every_referenced_variable_is_defined(uid: str) -> None:
         for override in panel.get("fieldConfig", {}).get("overrides", []):
             for prop in override["properties"]:
                 if prop["id"] == "links":
-                    texts.extend((panel["title"], link["url"]) for link in prop["value"])
+                    for link in prop["value"]:
+                        texts.append((panel["title"], link["url"]))
+                        query = link.get("internal", {}).get("query", {})
+                        texts.extend((panel["title"], str(v)) for v in query.values())
     texts.extend((panel["title"], panel["title"]) for panel in dashboard["panels"])
     for where, text in texts:
         undefined = dq.referenced_variables(text) - defined
@@ -332,6 +335,8 @@ def test_drill_down_links_open_existing_dashboards(uid: str) -> None:
                 if prop["id"] != "links":
                     continue
                 for link in prop["value"]:
+                    if "internal" in link:
+                        continue  # a request-log link: test_request_log_links_...
                     match = re.match(r"/d/([\w-]+)/[\w-]+\?(.*)$", link["url"])
                     assert match, link["url"]
                     target, query = match.groups()
@@ -342,6 +347,34 @@ def test_drill_down_links_open_existing_dashboards(uid: str) -> None:
                     seen += 1
     if uid != "ofm-uptime":
         assert seen, f"{uid} has no drill-down links"
+
+
+@by_dashboard
+def test_request_log_links_search_jaeger_by_the_clicked_consumer_or_route(uid: str) -> None:
+    """Every consumer and route cell opens Jaeger's search on the span attribute the distro sets."""
+    jaeger_uids = {
+        ds["uid"]
+        for path in (dq.PROVISIONING_DIR / "datasources").glob("*.y*ml")
+        for ds in yaml.safe_load(path.read_text())["datasources"]
+        if ds["type"] == "jaeger"
+    }
+    span_attribute = {"Consumer": "api.consumer.id", "Route": "http.route"}
+    seen = 0
+    for panel in _panels(DASHBOARDS[uid]):
+        for override in panel.get("fieldConfig", {}).get("overrides", []):
+            header = override["matcher"]["options"]
+            links = [p["value"] for p in override["properties"] if p["id"] == "links"]
+            if header not in span_attribute or not links:
+                continue
+            internal = [link["internal"] for link in links[0] if "internal" in link]
+            assert len(internal) == 1, f"{panel['title']} / {header}: one request-log link"
+            assert internal[0]["datasourceUid"] in jaeger_uids
+            query = internal[0]["query"]
+            assert query["queryType"] == "search" and query["service"] == "${service}"
+            assert query["tags"] == f'{span_attribute[header]}="${{__value.raw}}"'
+            seen += 1
+    if uid != "ofm-uptime":
+        assert seen, f"{uid} has no request-log links"
 
 
 # ---------------------------------------------------------------------------
