@@ -9,7 +9,8 @@
 Starts the Collector built from collector-config/builder-manifest.yaml,
 Prometheus (the version compose.yaml pins when scripts/build-prometheus.sh has
 built it, else the one on PATH), Alertmanager with the demo webhook receiver,
-the blackbox exporter for the uptime probes, Jaeger (the version compose.yaml
+the blackbox exporter for the uptime probes, VictoriaLogs (the log store, built
+by scripts/build-victorialogs.sh; its UI on /select/vmui/), Jaeger (the version compose.yaml
 pins, built by scripts/build-jaeger.sh, with its traces in Badger under
 .stack/jaeger-data, kept across runs for 7 days), the demo API under
 ``opentelemetry-instrument gunicorn`` and its traffic generator, all with the
@@ -50,6 +51,7 @@ from stack_processes import (
     Service,
     build_collector,
     build_jaeger,
+    build_victorialogs,
     find_binary,
     find_prometheus,
     free_port,
@@ -84,7 +86,8 @@ service:
 
 
 class LocalStack:
-    """Collector + Prometheus + blackbox exporter (+ Alertmanager) on free loopback ports.
+    """Collector + Prometheus + VictoriaLogs + blackbox exporter (+ Alertmanager, Jaeger)
+    on free loopback ports.
 
     :param work_dir: where data and rewritten configs go; removed by
         :meth:`stop` when the stack created it.
@@ -140,13 +143,14 @@ class LocalStack:
                 "otlp_grpc", "otlp_http", "health", "collector_metrics", "prometheus",
                 "alertmanager", "alertmanager_cluster", "blackbox",
                 "jaeger_otlp_grpc", "jaeger_otlp_http", "jaeger_query", "jaeger_query_grpc",
-                "jaeger_health", "jaeger_metrics",
+                "jaeger_health", "jaeger_metrics", "victorialogs",
             )
         }
         self.services: list[Service] = []
         self.collector: Service | None = None
         self.prometheus: Service | None = None
         self.jaeger: Service | None = None
+        self.victorialogs: Service | None = None
 
     @property
     def otlp_http_endpoint(self) -> str:
@@ -169,6 +173,11 @@ class LocalStack:
         return f"http://{LOOPBACK}:{self.ports['blackbox']}"
 
     @property
+    def victorialogs_url(self) -> str:
+        """The log store: LogsQL under /select/logsql, its UI on /select/vmui/."""
+        return f"http://{LOOPBACK}:{self.ports['victorialogs']}"
+
+    @property
     def jaeger_url(self) -> str:
         """Jaeger's query service (its API under /api; the UI only in its image)."""
         return f"http://{LOOPBACK}:{self.ports['jaeger_query']}"
@@ -189,6 +198,7 @@ class LocalStack:
         metrics = f"http://{LOOPBACK}:{self.ports['collector_metrics']}/metrics"
         rows.append(("Collector metrics", metrics))
         rows.append(("blackbox exporter", self.blackbox_url))
+        rows.append(("VictoriaLogs (log lines)", f"{self.victorialogs_url}/select/vmui/"))
         if self.jaeger_binary is not None:
             rows.append(("Jaeger query API", f"{self.jaeger_url}/api/services"))
         rows.append(("traces file", str(self.traces_path)))
@@ -208,6 +218,9 @@ class LocalStack:
             # this, but the shipped config must still resolve it.
             "TRACES_OTLP_ENDPOINT": f"{LOOPBACK}:{self.ports['jaeger_otlp_grpc']}",
             "OTELCOL_STACK_TRACES_FILE": str(self.traces_path),
+            "LOGS_OTLP_HTTP_ENDPOINT": (
+                f"{self.victorialogs_url}/insert/opentelemetry/v1/logs"
+            ),
             **self.extra_collector_env,
         }
 
@@ -333,8 +346,20 @@ class LocalStack:
                 ready_url=f"{self.alertmanager_url}/-/ready",
             ).start()
             self.services.append(alertmanager)
+        # The stores before the Collector, so that its first exports find them.
+        self.victorialogs = Service(
+            "victorialogs",
+            [
+                str(build_victorialogs()),
+                f"-storageDataPath={self.work_dir / 'victorialogs-data'}",
+                "-retentionPeriod=7d",
+                f"-httpListenAddr={LOOPBACK}:{self.ports['victorialogs']}",
+            ],
+            self.log_dir,
+            ready_url=f"{self.victorialogs_url}/health",
+        ).start()
+        self.services.append(self.victorialogs)
         if self.jaeger_binary is not None:
-            # Before the Collector, so that its first traces find it.
             self.jaeger = self.jaeger_service().start()
             self.services.append(self.jaeger)
         exporters = ["file/stack-traces", "debug"]
@@ -416,7 +441,7 @@ def app_service(
 # Every file a run writes in its log directory (replaced by the next run).
 RUN_LOGS = (
     "prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log",
-    "blackbox-exporter.log", "jaeger.log",
+    "blackbox-exporter.log", "jaeger.log", "victorialogs.log",
     "demo-api.log", "traffic.log", "traces.jsonl",
 )
 

@@ -155,6 +155,20 @@ def build_collector() -> Path:
     return Path(result.stdout.decode().strip().splitlines()[-1])
 
 
+def build_victorialogs() -> Path:
+    """The VictoriaLogs binary at the version compose.yaml pins, built (and cached) by its script."""
+    try:
+        result = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "build-victorialogs.sh")],
+            check=True,
+            stdout=subprocess.PIPE,
+            timeout=1800,
+        )
+    except subprocess.CalledProcessError:
+        raise MissingTool("VictoriaLogs could not be built: see the message above") from None
+    return Path(result.stdout.decode().strip().splitlines()[-1]) / "victoria-logs"
+
+
 def build_jaeger() -> Path:
     """The Jaeger binary at the version compose.yaml pins, built (and cached) by its script."""
     try:

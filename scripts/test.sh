@@ -9,6 +9,7 @@
 #     uptime probes) from Debian, if missing
 #   - the OpenTelemetry Collector from collector-config/builder-manifest.yaml
 #     (built with Go and the Collector Builder; cached by manifest hash)
+#   - VictoriaLogs (the log store) at the version compose.yaml pins, likewise
 #   - Jaeger at the version compose.yaml pins, built from the Go module proxy
 #     (cached by version; scripts/stack.py runs it too)
 #   - Prometheus and promtool at the version compose.yaml pins, built from the
@@ -49,6 +50,10 @@ step "OpenTelemetry Collector"
 command -v go >/dev/null || { echo "Go is required to build the Collector: https://go.dev/dl/"; exit 1; }
 collector=$(bash scripts/build-collector.sh)
 echo "$collector"
+
+step "VictoriaLogs (the version compose.yaml pins)"
+victorialogs_bin=$(bash scripts/build-victorialogs.sh)
+"$victorialogs_bin/victoria-logs" -version
 
 step "Jaeger (the version compose.yaml pins)"
 jaeger_bin=$(bash scripts/build-jaeger.sh)

@@ -250,6 +250,7 @@ def test_the_uis_and_otlp_are_published() -> None:
         "9090": "prometheus",
         "9093": "alertmanager",
         "16686": "jaeger",
+        "9428": "victorialogs",
         "4317": "otel-collector",
         "4318": "otel-collector",
         "13133": "otel-collector",

@@ -9,6 +9,7 @@ from .panels import (
     LabelColumn,
     Query,
     latency_percentiles,
+    log_lines,
     row,
     table,
     timeseries,
@@ -173,6 +174,15 @@ def consumers() -> JSON:
             ),
             12,
             8,
+        ),
+        (
+            log_lines(
+                "Log lines",
+                "What the app logged while serving the selected consumer(s), redacted,"
+                " newest first (the log store, VictoriaLogs); open a line for its trace.",
+            ),
+            24,
+            10,
         ),
     ]
     return dashboard(

@@ -10,6 +10,7 @@ from .panels import (
     Query,
     heatmap,
     latency_percentiles,
+    log_lines,
     row,
     table,
     timeseries,
@@ -141,6 +142,15 @@ def endpoints() -> JSON:
             ),
             24,
             8,
+        ),
+        (
+            log_lines(
+                "Log lines",
+                "What the app logged while serving the selected route(s), redacted,"
+                " newest first (the log store, VictoriaLogs); open a line for its trace.",
+            ),
+            24,
+            10,
         ),
     ]
     return dashboard(

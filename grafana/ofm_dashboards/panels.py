@@ -293,6 +293,47 @@ def alert_list(title: str, description: str) -> JSON:
     }
 
 
+# The uid grafana/provisioning/datasources gives the VictoriaLogs datasource.
+LOGS_DATASOURCE: JSON = {"type": "victoriametrics-logs-datasource", "uid": "victorialogs"}
+
+# The app's log lines of the selected environment, service, consumer and
+# route, in LogsQL. Streams are service and environment (the Collector's
+# VL-Stream-Fields); consumer and route are fields of each line, matched
+# anchored as PromQL's =~ is (a line outside any request has neither field,
+# which "^.*$", the "All" value, matches).
+REQUEST_LOG_LINES = (
+    '_stream:{deployment.environment.name=~"$environment", service.name=~"$service"}'
+    ' api.consumer.id:~"^$consumer$" http.route:~"^$route$"'
+)
+
+
+def log_lines(title: str, description: str, expr: str = REQUEST_LOG_LINES) -> JSON:
+    """A logs panel over the log store, newest first, each line linking to its trace."""
+    return {
+        "type": "logs",
+        "title": title,
+        "description": description,
+        "datasource": LOGS_DATASOURCE,
+        "options": {
+            "showTime": True,
+            "wrapLogMessage": True,
+            "sortOrder": "Descending",
+            "enableLogDetails": True,
+            "dedupStrategy": "none",
+        },
+        "targets": [
+            {
+                "datasource": LOGS_DATASOURCE,
+                "editorMode": "code",
+                "expr": expr,
+                "queryType": "instant",
+                "maxLines": 1000,
+                "refId": "A",
+            }
+        ],
+    }
+
+
 def row(title: str) -> JSON:
     return {"type": "row", "title": title, "collapsed": False, "panels": []}
 

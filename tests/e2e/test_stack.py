@@ -466,11 +466,11 @@ STOP_TIMEOUT = 90  # seconds; each process gets 20 s to flush, in turn
 EVERY_ENDPOINT = {
     "Prometheus", "Alertmanager", "Collector OTLP gRPC", "Collector OTLP HTTP",
     "Collector health check", "Collector metrics", "alert webhook", "demo API",
-    "traces file", "blackbox exporter", "Jaeger query API",
+    "traces file", "blackbox exporter", "Jaeger query API", "VictoriaLogs (log lines)",
 }
 STACK_LOGS = (
     "prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log",
-    "blackbox-exporter.log", "jaeger.log",
+    "blackbox-exporter.log", "jaeger.log", "victorialogs.log",
 )
 
 
@@ -504,6 +504,7 @@ ENDPOINT_CHECKS: dict[str, Callable[[str], bool]] = {
     "demo API": lambda a: http_status(f"{a}/health") == 200,
     "traces file": lambda a: Path(a).parent.is_dir(),
     "Jaeger query API": lambda a: http_status(a) == 200,
+    "VictoriaLogs (log lines)": lambda a: http_status(a) == 200,
     "blackbox exporter": lambda a: http_status(f"{a}/-/healthy") == 200,
 }
 

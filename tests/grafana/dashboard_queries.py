@@ -118,9 +118,23 @@ def iter_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
             )
     for panel in iter_panels(dashboard):
         for target in panel.get("targets", []):
-            if target.get("expr"):
+            if target.get("expr") and not _is_logs(target):
                 queries.append((panel["title"], target["expr"]))
     return queries
+
+
+def _is_logs(target: Mapping[str, Any]) -> bool:
+    return target.get("datasource", {}).get("type") == "victoriametrics-logs-datasource"
+
+
+def iter_log_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, LogsQL) for every log-store target of ``dashboard``."""
+    return [
+        (panel["title"], target["expr"])
+        for panel in iter_panels(dashboard)
+        for target in panel.get("targets", [])
+        if _is_logs(target)
+    ]
 
 
 def referenced_variables(text: str) -> set[str]:

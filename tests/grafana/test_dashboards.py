@@ -60,7 +60,8 @@ GRAFANA_BUILTINS = {
     "__to",
 }
 # Panels without fields (nothing to give a unit to).
-FIELDLESS_PANELS = {"alertlist", "text", "dashlist", "news"}
+FIELDLESS_PANELS = {"alertlist", "text", "dashlist", "news", "logs"}
+LOGS_REF = {"type": "victoriametrics-logs-datasource", "uid": "victorialogs"}
 
 DASHBOARDS = dq.load_dashboards()
 
@@ -105,7 +106,7 @@ by_dashboard = pytest.mark.parametrize("uid", sorted(EXPECTED_UIDS))
 
 def test_datasources_have_fixed_uids_and_prometheus_is_default() -> None:
     datasources = {ds["uid"]: ds for ds in _provisioned_datasources()}
-    assert set(datasources) == {"prometheus", "jaeger"}
+    assert set(datasources) == {"prometheus", "jaeger", "victorialogs"}
     prometheus, jaeger = datasources["prometheus"], datasources["jaeger"]
     assert (prometheus["type"], prometheus["url"]) == ("prometheus", "http://prometheus:9090")
     assert (jaeger["type"], jaeger["url"]) == ("jaeger", "http://jaeger:16686")
@@ -113,6 +114,26 @@ def test_datasources_have_fixed_uids_and_prometheus_is_default() -> None:
     assert not jaeger.get("isDefault", False)
     destinations = prometheus["jsonData"]["exemplarTraceIdDestinations"]
     assert {"name": "trace_id", "datasourceUid": "jaeger"}.items() <= destinations[0].items()
+
+
+def test_traces_and_log_lines_link_both_ways() -> None:
+    """A span opens its log lines in VictoriaLogs; a log line opens its trace in Jaeger.
+
+    trace_id is the field VictoriaLogs gives an OTLP record's trace id
+    (tests/e2e/test_log_store.py finds the app's lines by it).
+    """
+    datasources = {ds["uid"]: ds for ds in _provisioned_datasources()}
+    logs = datasources["victorialogs"]
+    assert (logs["type"], logs["url"]) == (
+        "victoriametrics-logs-datasource", "http://victorialogs:9428"
+    )
+    to_logs = datasources["jaeger"]["jsonData"]["tracesToLogsV2"]
+    assert to_logs["datasourceUid"] == "victorialogs"
+    # $$ is provisioning's escape for a literal $ (Grafana expands ${...} from its env).
+    assert to_logs["query"] == 'trace_id:="$${__span.traceId}"'
+    (to_trace,) = logs["jsonData"]["derivedFields"]
+    assert (to_trace["matcherType"], to_trace["matcherRegex"]) == ("label", "trace_id")
+    assert to_trace["datasourceUid"] == "jaeger"
 
 
 def test_dashboard_provider_loads_the_mounted_directory_read_only() -> None:
@@ -203,7 +224,8 @@ def test_every_datasource_resolves_to_a_provisioned_uid(uid: str) -> None:
         refs.append((panel["title"], panel["datasource"]))
         refs.extend((panel["title"], t["datasource"]) for t in panel.get("targets", []))
     for where, ref in refs:
-        assert ref == {"type": "prometheus", "uid": "${datasource}"}, where
+        # Log panels read the log store; every other panel the ${datasource} Prometheus.
+        assert ref in ({"type": "prometheus", "uid": "${datasource}"}, LOGS_REF), where
         assert resolves(ref), where
 
 
@@ -295,6 +317,8 @@ def test_every_panel_selector_filters_on_every_variable(uid: str) -> None:
     }
     for panel in _panels(DASHBOARDS[uid]):
         for target in panel.get("targets", []):
+            if target["datasource"] == LOGS_REF:
+                continue  # LogsQL: test_log_panels_filter_on_the_variables_log_lines_carry
             selectors = _SELECTOR.findall(target["expr"])
             # Series without filters (probes) may be selected by bare name.
             unfiltered = {
@@ -347,6 +371,24 @@ def test_drill_down_links_open_existing_dashboards(uid: str) -> None:
                     seen += 1
     if uid != "ofm-uptime":
         assert seen, f"{uid} has no drill-down links"
+
+
+@by_dashboard
+def test_log_panels_filter_on_the_variables_log_lines_carry(uid: str) -> None:
+    """Environment and service are the streams; consumer and route fields of each line.
+
+    A log line carries no consumer group (the distro adds the consumer id and
+    the route), so the group variable does not filter log panels.
+    """
+    queries = dq.iter_log_queries(DASHBOARDS[uid])
+    for where, expr in queries:
+        assert expr.startswith(
+            '_stream:{deployment.environment.name=~"$environment", service.name=~"$service"}'
+        ), where
+        assert 'api.consumer.id:~"^$consumer$"' in expr, where
+        assert 'http.route:~"^$route$"' in expr, where
+    if uid in ("ofm-consumers", "ofm-endpoints"):
+        assert queries, f"{uid} has no log panel"
 
 
 @by_dashboard
