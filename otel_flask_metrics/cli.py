@@ -25,6 +25,7 @@ from .distro import (
     load_exporters,
     otlp_protocol_variables,
 )
+from .sdk_variables import sdk_variable_problems
 from .version import __version__
 
 _ENDPOINT_TIMEOUT = 3.0  # seconds
@@ -54,6 +55,7 @@ def run_check(environ: Mapping[str, str], *, require_endpoint: bool = False) -> 
             if shutdown is not None:
                 shutdown()
     handler_level(env, problems)  # the logging handler's level, read as startup does
+    problems.extend(sdk_variable_problems(env))
     problems.extend(_distro_conflicts(environ))
     problems = list(dict.fromkeys(problems))  # one protocol problem, not one per signal
     rejected = {problem.variable for problem in problems}

@@ -40,6 +40,7 @@ from .redaction import (
     RedactionRules,
     Redactor,
 )
+from .sdk_variables import sdk_variable_problems
 from .version import __version__
 
 _logger = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ def configure(
         apply_environment_defaults()
     env = os.environ if environ is None else environ
     settings, problems = resolve_settings(env, **options)
+    problems.extend(sdk_variable_problems(env))
     if settings.disabled:
         report_problems(problems)
         return None

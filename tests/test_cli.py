@@ -217,6 +217,17 @@ def test_unknown_variable_exits_1_with_suggestion(
         ("OTEL_LOGS_EXPORTER", "consol", "unknown exporter 'consol'"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "expected http/protobuf or grpc"),
         ("OTEL_PYTHON_LOG_HANDLER_LEVEL", "verbose", "expected a logging level"),
+        # The SDK's own variables (otel_flask_metrics.sdk_variables).
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            "abc",
+            "expected a positive number of milliseconds; the SDK uses 60000",
+        ),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "0", "expected a positive number of milliseconds"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "x", "expected a positive integer"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "-5", "expected a positive number of milliseconds"),
+        ("OTEL_TRACES_SAMPLER", "bogus", "unknown sampler; accepted: always_on"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5", "expected a ratio from 0 to 1"),
     ],
 )
 def test_bad_standard_variable_exits_1(
@@ -226,11 +237,30 @@ def test_bad_standard_variable_exits_1(
     value: str,
     message: str,
 ) -> None:
-    code, output = check(capsys, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, variable: value})
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, variable: value}
+    if variable == "OTEL_TRACES_SAMPLER_ARG":
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"  # the arg is read for ratios only
+    code, output = check(capsys, env)
     assert code == 1
     problems = problem_lines(output)
     assert problems, output
     assert any(p.startswith(f"{variable}={value!r}") and message in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_METRIC_EXPORT_INTERVAL": "5000.5", "OTEL_BSP_MAX_QUEUE_SIZE": "4096"},
+        {"OTEL_TRACES_SAMPLER": "ParentBased_TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0"},
+        # The arg of a sampler that takes none is not read: no problem.
+        {"OTEL_TRACES_SAMPLER": "always_on", "OTEL_TRACES_SAMPLER_ARG": "abc"},
+    ],
+)
+def test_good_sdk_variables_pass(
+    capsys: pytest.CaptureFixture[str], collector: Collector, env: dict[str, str]
+) -> None:
+    code, output = check(capsys, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, **env})
+    assert (code, problem_lines(output)) == (0, []), output
 
 
 def test_bad_protocol_is_reported_once(
@@ -274,7 +304,10 @@ def test_a_rejected_secret_is_not_shown(
     )
     assert code == 1
     assert "hunter2" not in output
-    assert f"  {PREFIX}CONSUMER_HASH_KEY = (not set) [default: env *** rejected]" in output.splitlines()
+    assert (
+        f"  {PREFIX}CONSUMER_HASH_KEY = (not set) [default: env *** rejected]"
+        in output.splitlines()
+    )
 
 
 def test_grpc_without_the_extra_is_one_clear_problem(
@@ -289,7 +322,8 @@ def test_grpc_without_the_extra_is_one_clear_problem(
 
     monkeypatch.setattr(distro, "entry_points", without_grpc)
     code, output = check(
-        capsys, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        capsys,
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
     )
     assert code == 1
     assert problem_lines(output) == [

@@ -280,6 +280,20 @@ def test_a_bad_variable_is_one_clear_line_and_the_app_still_serves() -> None:
     assert "'lots'" in lines[0] and "positive integer" in lines[0] and "1000" in lines[0]
 
 
+def test_a_bad_sdk_variable_is_one_line_naming_it_at_startup() -> None:
+    """The SDK's own warning ("Found invalid value for export interval") names no variable."""
+    result = _run(
+        PROBE_APP,
+        {"OTEL_METRIC_EXPORT_INTERVAL": "15s", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"},
+        instrument=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert _last_json(result.stdout)["status"] == 200
+    lines = [line for line in result.stderr.splitlines() if "OTEL_METRIC_EXPORT_INTERVAL" in line]
+    assert len(lines) == 1, result.stderr
+    assert "'15s'" in lines[0] and "milliseconds" in lines[0] and "60000" in lines[0]
+
+
 def test_configure_is_the_programmatic_path_for_app_factories() -> None:
     code = """
         import flask, json
