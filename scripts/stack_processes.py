@@ -140,47 +140,32 @@ class Service:
 # --- the programs the stack runs ---------------------------------------------
 
 
-def build_collector() -> Path:
-    """The Collector binary for the manifest, built (and cached) by the build script."""
+def _run_build(script: str, what: str, timeout: float) -> str:
+    """What a build script prints last on stdout (the binary or its directory)."""
     try:
         result = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "build-collector.sh")],
-            check=True,
-            stdout=subprocess.PIPE,
-            timeout=3600,
+            ["bash", str(ROOT / "scripts" / script)], check=True, stdout=subprocess.PIPE,
+            timeout=timeout,
         )
     except subprocess.CalledProcessError:
-        # build-collector.sh has already said why on stderr.
-        raise MissingTool("the Collector could not be built: see the message above") from None
-    return Path(result.stdout.decode().strip().splitlines()[-1])
+        # The build script has already said why on stderr.
+        raise MissingTool(f"{what} could not be built: see the message above") from None
+    return result.stdout.decode().strip().splitlines()[-1]
+
+
+def build_collector() -> Path:
+    """The Collector binary for the manifest, built (and cached) by the build script."""
+    return Path(_run_build("build-collector.sh", "the Collector", 3600))
 
 
 def build_victorialogs() -> Path:
     """The VictoriaLogs binary at the version compose.yaml pins, built (and cached) by its script."""
-    try:
-        result = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "build-victorialogs.sh")],
-            check=True,
-            stdout=subprocess.PIPE,
-            timeout=1800,
-        )
-    except subprocess.CalledProcessError:
-        raise MissingTool("VictoriaLogs could not be built: see the message above") from None
-    return Path(result.stdout.decode().strip().splitlines()[-1]) / "victoria-logs"
+    return Path(_run_build("build-victorialogs.sh", "VictoriaLogs", 1800)) / "victoria-logs"
 
 
 def build_jaeger() -> Path:
     """The Jaeger binary at the version compose.yaml pins, built (and cached) by its script."""
-    try:
-        result = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "build-jaeger.sh")],
-            check=True,
-            stdout=subprocess.PIPE,
-            timeout=3600,
-        )
-    except subprocess.CalledProcessError:
-        raise MissingTool("Jaeger could not be built: see the message above") from None
-    return Path(result.stdout.decode().strip().splitlines()[-1]) / "jaeger"
+    return Path(_run_build("build-jaeger.sh", "Jaeger", 3600)) / "jaeger"
 
 
 def find_binary(*names: str) -> str:
