@@ -24,6 +24,7 @@ created it, which is fine for a demo.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -67,6 +68,8 @@ SEED_ITEMS: list[dict[str, Any]] = [
 ]
 
 app = Flask(__name__)
+# Its info lines reach the log store: Python's root logger stops below warning.
+app.logger.setLevel(logging.INFO)
 
 _items: dict[int, dict[str, Any]] = {item["id"]: dict(item) for item in SEED_ITEMS}
 _items_lock = threading.Lock()
@@ -138,6 +141,9 @@ def create_item() -> tuple[dict[str, Any], int, dict[str, str]]:
         item_id = max(_items, default=0) + 1
         item = {"id": item_id, **fields}
         _items[item_id] = item
+    # One line per new item: the request log (VictoriaLogs in the stack) shows
+    # it with the request's trace id, route and consumer.
+    app.logger.info("created item %d (%s)", item_id, item["name"])
     return dict(item), 201, {"Location": f"/api/items/{item_id}"}
 
 

@@ -8,7 +8,11 @@ variables are ignored. Three known consumers (their API keys are the demo's),
 anonymous callers and a caller with a revoked key share a weighted mix of the
 demo's routes, including invalid bodies (400) and unknown ids (404). Every
 request has a bounded timeout; the run stops after ``--requests`` requests, after
-``--duration`` seconds, or on SIGINT/SIGTERM, and prints a one-line summary.
+``--duration`` seconds, or on SIGINT/SIGTERM, and prints a one-line summary:
+the requests per status class, then per caller (the key's name,
+``anonymous`` for no key) those the demo counts, which the dashboards'
+per-consumer figures can be checked against: its /health calls are apart,
+as the demo keeps /health out of its metrics.
 
 Exit status: 0 when every request got an HTTP response (whatever its status),
 1 when some failed to connect or timed out, 2 for bad arguments.
@@ -45,6 +49,7 @@ CALLERS: list[tuple[str | None, int]] = [
 ]
 
 KNOWN_ITEM_IDS = range(1, 6)
+HEALTH = "/health"  # excluded from the demo's metrics (OTEL_PYTHON_FLASK_EXCLUDED_URLS)
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ ROUTES: list[tuple[Callable[[random.Random], Call], int]] = [
     (lambda rng: Call("GET", "/api/reports/export"), 3),
     (lambda rng: Call("GET", "/api/slow"), 12),
     (lambda rng: Call("GET", "/api/flaky"), 15),
-    (lambda rng: Call("GET", "/health"), 3),
+    (lambda rng: Call("GET", HEALTH), 3),
 ]
 
 
@@ -199,17 +204,29 @@ def run(args: argparse.Namespace, stop: threading.Event) -> Counter[str]:
         status = _send(opener, args.target, call, key, args.timeout)
         counts["requests"] += 1
         counts[f"{status // 100}xx" if status is not None else "errors"] += 1
+        counts["health" if call.path == HEALTH else f"caller:{caller_name(key)}"] += 1
         # Paced from the schedule, not from the response: a slow response
         # does not lower the rate unless it is longer than the interval.
         next_at = max(next_at + interval, time.monotonic() - interval)
     return counts
 
 
+def caller_name(key: str | None) -> str:
+    """How the summary names a caller: never the key itself, which is a credential."""
+    return "anonymous" if key is None else key.removeprefix("demo-key-")
+
+
 def summary(counts: Counter[str], elapsed: float, target: str) -> str:
     total = counts["requests"]
     rate = total / elapsed if elapsed > 0 else 0.0
     classes = " ".join(f"{name}={counts[name]}" for name in ("2xx", "3xx", "4xx", "5xx", "errors"))
-    return f"traffic: {total} requests in {elapsed:.1f}s ({rate:.1f}/s) to {target}: {classes}"
+    callers = " ".join(
+        f"{caller_name(key)}={counts[f'caller:{caller_name(key)}']}" for key, _ in CALLERS
+    )
+    return (
+        f"traffic: {total} requests in {elapsed:.1f}s ({rate:.1f}/s) to {target}: {classes}"
+        f"; by caller: {callers} health={counts['health']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

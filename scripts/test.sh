@@ -15,6 +15,12 @@
 #   - Prometheus and promtool at the version compose.yaml pins, built from the
 #     Go module proxy (cached by version) and put first on PATH; Debian's
 #     Prometheus 2.42 is only a fallback for scripts/stack.py
+#   - a Docker engine (Debian's docker.io, installed if missing; dockerd started
+#     with its data in the cache and stopped at the end), Docker Compose built
+#     from the Go module proxy, and the images compose.yaml pins, made here
+#     from the same software (scripts/stack_images.py): the compose end-to-end
+#     test runs `docker compose up` of compose.yaml on it. Where no engine can
+#     run, that test skips and says why.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k consumers`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +30,9 @@ started=$(date +%s)
 
 step "system packages"
 need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+# The static busybox (the images' shell and wget), not the dynamic one.
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || need+=(busybox-static)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
@@ -63,6 +72,20 @@ step "Prometheus (the version compose.yaml pins)"
 prometheus_bin=$(bash scripts/build-prometheus.sh)
 export PATH="$prometheus_bin:$PATH"
 prometheus --version 2>&1 | head -n 1
+
+step "Docker engine, Docker Compose and the stack's images"
+if engine=$(bash scripts/docker-engine.sh start); then
+  trap 'bash scripts/docker-engine.sh stop' EXIT
+  export DOCKER_HOST="$engine"
+  docker version --format 'engine {{.Server.Version}} at '"$DOCKER_HOST"
+  OFM_DOCKER_COMPOSE=$(bash scripts/build-compose.sh)
+  export OFM_DOCKER_COMPOSE
+  "$OFM_DOCKER_COMPOSE" version
+  python scripts/stack_images.py
+else
+  export OFM_DOCKER_UNAVAILABLE="scripts/docker-engine.sh could not start one (its message is above)"
+  echo "no Docker engine: the compose end-to-end test will skip"
+fi
 
 step "static checks (ruff, mypy --strict on the package)"
 ruff check otel_flask_metrics

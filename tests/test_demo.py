@@ -196,6 +196,9 @@ def test_traffic_drives_the_demo_under_gunicorn(gunicorn_target: str) -> None:
     assert counts["errors"] == 0
     assert counts["2xx"] + counts["3xx"] + counts["4xx"] + counts["5xx"] == TRAFFIC_REQUESTS
     assert counts["2xx"] > 0 and counts["4xx"] > 0  # the mix has invalid bodies and unknown ids
+    callers = ("acme", "globex", "initech", "anonymous", "revoked")
+    assert sum(counts[name] for name in callers) + counts["health"] == TRAFFIC_REQUESTS, summary
+    assert "demo-key" not in summary  # the keys are credentials: named, never printed
 
 
 def test_alert_webhook_prints_one_line_per_alert() -> None:
