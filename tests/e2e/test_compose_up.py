@@ -124,6 +124,18 @@ def requests_by_consumer(at: float | None = None) -> dict[str, int]:
     return {row["metric"].get("api_consumer_id", ""): round(float(row["value"][1])) for row in rows}
 
 
+def created_item_lines(until: float | None = None) -> dict[str, int]:
+    """The demo's "created item" log lines in VictoriaLogs per api.consumer.id."""
+    params = {"query": '_msg:"created item" | stats by (api.consumer.id) count() n'}
+    if until is not None:
+        params["end"] = f"{until:.3f}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = "http://127.0.0.1:9428/select/logsql/query?" + urllib.parse.urlencode(params)
+    with opener.open(url, timeout=10) as response:
+        rows = [json.loads(row) for row in response.read().decode().splitlines()]
+    return {row.get("api.consumer.id", ""): int(row["n"]) for row in rows}
+
+
 def published_ports() -> set[int]:
     ports = set()
     for name in SERVICES:
@@ -231,14 +243,6 @@ def test_victorialogs_has_a_log_line_for_each_item_created_with_its_consumer(
 ) -> None:
     """The demo logs one line per item created (201): as many as Prometheus counted."""
 
-    def lines() -> dict[str, int]:
-        logsql = '_msg:"created item" | stats by (api.consumer.id) count() n'
-        query = urllib.parse.urlencode({"query": logsql})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"http://127.0.0.1:9428/select/logsql/query?{query}", timeout=10) as r:
-            rows = [json.loads(row) for row in r.read().decode().splitlines()]
-        return {row.get("api.consumer.id", ""): int(row["n"]) for row in rows}
-
     series = ('http_server_request_duration_seconds_count{service_name="demo-api",'
               'http_route="/api/items",http_response_status_code="201"}')
     created = {
@@ -247,8 +251,8 @@ def test_victorialogs_has_a_log_line_for_each_item_created_with_its_consumer(
     }
     assert sum(created.values()) > 0, "the traffic service created no item"
     # The batch log processor exports every 5 s.
-    wait_until(lambda: lines() == created, 60, f"log lines of the items created {created}",
-               interval=1)
+    wait_until(lambda: created_item_lines() == created, 60,
+               f"log lines of the items created {created}", interval=1)
 
 
 def test_every_published_port_answers_on_loopback_and_nowhere_else(compose: Compose) -> None:
@@ -292,13 +296,15 @@ def test_down_and_up_keep_the_data_and_down_v_leaves_nothing(compose: Compose) -
     # Points written before down, read at that time after up.
     at = time.time() - 15
     before = requests_by_consumer(at)
+    lines_before = created_item_lines(at)
     trace_ids = {t["traceID"] for t in get_json(
         "http://127.0.0.1:16686/api/traces?service=demo-api&limit=10")["data"]}
-    assert before and trace_ids
+    assert before and lines_before and trace_ids
     compose.run("down")
     assert compose.containers() == []
     compose.up()
     assert requests_by_consumer(at) == before
+    assert created_item_lines(at) == lines_before
     for trace_id in trace_ids:
         assert get_json(f"http://127.0.0.1:16686/api/traces/{trace_id}")["data"], trace_id
 
