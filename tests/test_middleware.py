@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -125,9 +126,17 @@ def test_an_exhausted_stream_ends_once_and_covers_the_whole_body(
     assert next(chunks) == b"a" * 100
     assert span_exporter.get_finished_spans() == (), "open while the body flows"
     assert in_flight(app) == 1
+    # A slow client between two chunks: the span and the duration metric both
+    # run to the end of the body, so both include the pause.
+    pause = 0.05
+    mid_body = time.time_ns()
+    time.sleep(pause)
     assert list(chunks) == [b"b" * 23]
     (span,) = span_exporter.get_finished_spans()
     assert span.attributes["http.response.body.size"] == 123
+    assert span.end_time is not None and span.end_time >= mid_body + pause * 1e9
+    (point,) = metric_points(metric_reader, "http.server.request.duration")
+    assert point.sum >= pause
     assert in_flight(app) == 0
     body.close()
     assert len(span_exporter.get_finished_spans()) == 1
