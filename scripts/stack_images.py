@@ -17,7 +17,9 @@ default config files, licences, timezone data): those are not part of what
 compose.yaml uses. Grafana is AGPL and is not built at all.
 
 Each image is imported from a tar stream (``docker import``) and marked with a
-hash of its contents, so a second run with nothing changed builds nothing.
+hash of its contents, so a second run with nothing changed builds nothing. A
+tag the engine already has from a registry (a developer's machine that can
+pull) is left alone: the upstream image is the better test.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ DEMO_DOCKERFILE = ROOT / "demo" / "Dockerfile"
 MOZILLA_CERTS = Path("/usr/share/ca-certificates/mozilla")
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 DOCKER_TIMEOUT = 600  # seconds, for one docker command
+#: How images made here are marked (their Comment): an image under the same
+#: tag without it was pulled from the registry, and is never replaced.
+MARK = "otel-flask-metrics"
 
 
 @dataclass(frozen=True)
@@ -332,10 +337,16 @@ def tar_entries(entries: Sequence[Entry], out: io.BufferedWriter) -> None:
                 tar.addfile(info)
 
 
+def made_elsewhere(tag: str) -> bool:
+    """The engine has ``tag`` from somewhere else (pulled from the registry): kept as it is."""
+    mark = image_mark(tag)
+    return mark is not None and not mark.startswith(MARK)
+
+
 def import_image(image: Image) -> bool:
     """Imports ``image`` unless the engine already has it with the same contents."""
-    mark = f"otel-flask-metrics {image.digest()}"
-    if image_mark(image.tag) == mark:
+    mark = f"{MARK} {image.digest()}"
+    if image_mark(image.tag) == mark or made_elsewhere(image.tag):
         return False
     with tempfile.TemporaryFile() as tar:
         tar_entries(image.entries, tar)  # type: ignore[arg-type]
@@ -348,8 +359,8 @@ def import_image(image: Image) -> bool:
 def debian_image(tag: str) -> bool:
     """The Debian release demo/Dockerfile names, made by debootstrap (minbase, slimmed)."""
     suite = tag.split(":", 1)[1].removesuffix("-slim")
-    mark = f"otel-flask-metrics debootstrap {suite}"
-    if image_mark(tag) == mark:
+    mark = f"{MARK} debootstrap {suite}"
+    if image_mark(tag) == mark or made_elsewhere(tag):
         return False
     if os.geteuid() != 0:
         raise MissingTool(f"making {tag} with debootstrap needs root")
@@ -385,7 +396,8 @@ def build_all() -> Iterator[tuple[str, bool]]:
 def main() -> int:
     try:
         for tag, built in build_all():
-            print(f"{tag}: {'built' if built else 'up to date'}", flush=True)
+            state = "built" if built else "kept (pulled)" if made_elsewhere(tag) else "up to date"
+            print(f"{tag}: {state}", flush=True)
     except (MissingTool, RuntimeError, subprocess.SubprocessError) as error:
         print(f"stack_images: {error}", file=sys.stderr)
         return 1

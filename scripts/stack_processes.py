@@ -159,7 +159,7 @@ def build_collector() -> Path:
 
 
 def build_victorialogs() -> Path:
-    """The VictoriaLogs binary at the version compose.yaml pins, built (and cached) by its script."""
+    """The VictoriaLogs binary at the version compose.yaml pins, built and cached by its script."""
     return Path(_run_build("build-victorialogs.sh", "VictoriaLogs", 1800)) / "victoria-logs"
 
 
