@@ -120,6 +120,32 @@ def wrk_script() -> str:
 
 # --- variants ----------------------------------------------------------------
 
+
+def _apitally_app() -> Flask:
+    """Apitally 1.0 as its Flask guide sets it up, the consumer from the API key.
+
+    Apitally is an OpenTelemetry distribution too: it exports OTLP (spooled to
+    gzip files, then posted) to ``APITALLY_OTLP_ENDPOINT``, pointed here at the
+    same local sink as the others' ``OTEL_EXPORTER_OTLP_ENDPOINT``.
+    """
+    import apitally
+    import apitally.flask
+    from flask import request
+
+    if "OTEL_EXPORTER_OTLP_ENDPOINT" in os.environ:
+        os.environ.setdefault("APITALLY_OTLP_ENDPOINT", os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    app = create_app()
+
+    @app.before_request
+    def identify() -> None:
+        key = request.headers.get("X-API-Key")
+        if key:
+            apitally.set_consumer(key)
+
+    apitally.flask.init(app)
+    return app
+
+
 #: Environment each variant adds to the common one (see ``overhead.py``).
 VARIANT_ENV: dict[str, dict[str, str]] = {
     "bare": {},
@@ -135,6 +161,8 @@ VARIANT_ENV: dict[str, dict[str, str]] = {
         "OTEL_FLASK_METRICS_PARSE_USER_AGENT": "true",
     },
     "pfe": {},
+    # A write token is required; nothing leaves loopback (the endpoint is the sink).
+    "apitally": {"APITALLY_WRITE_TOKEN": "apt_" + "0" * 24},  # the format it checks
 }
 VARIANTS: tuple[str, ...] = tuple(VARIANT_ENV)
 
@@ -165,6 +193,8 @@ def build_app(variant: str) -> Flask:
         # default ("path") would make one series per item id.
         PrometheusMetrics(app, group_by="url_rule")
         return app
+    if variant == "apitally":
+        return _apitally_app()
     raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
 
 

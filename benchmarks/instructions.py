@@ -83,7 +83,7 @@ PINNED_ENV: Mapping[str, str] = {
     "PYTHONDONTWRITEBYTECODE": "1",
 }
 
-DEFAULT_VARIANTS = ("bare", "vanilla", "ofm-full", "ofm-production", "pfe")
+DEFAULT_VARIANTS = ("bare", "vanilla", "ofm-full", "ofm-production", "pfe", "apitally")
 
 
 def log(message: str) -> None:
