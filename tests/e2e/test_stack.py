@@ -518,6 +518,16 @@ def _not_activated() -> dict[str, str]:
     return {**os.environ, "PATH": os.pathsep.join(path)}
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's SIGINT handled as in a terminal, whatever this test run inherited.
+
+    A shell without job control starts a background command (``scripts/test.sh
+    &``) with SIGINT ignored, every child inherits that, and Python then never
+    raises KeyboardInterrupt: stack.py would sit out the stop below.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class StackRun:
     """``scripts/stack.py`` running in the background, its output read line by line."""
@@ -534,7 +544,7 @@ class StackRun:
             [sys.executable, str(STACK_SCRIPT), *args, "--logs", str(logs),
              "--jaeger-data", str(logs.parent / "jaeger-data")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=_not_activated(), cwd=ROOT,
+            env=_not_activated(), cwd=ROOT, preexec_fn=_as_from_a_terminal,
         )
         run = cls(process, logs)
         run._reader = threading.Thread(target=run._read, daemon=True)
