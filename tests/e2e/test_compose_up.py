@@ -193,7 +193,8 @@ def traffic_summary(compose: Compose) -> dict[str, int]:
     wait_until(lambda: sum(requests_by_consumer().values()) >= 100, 180,
                "100 requests of the traffic service in Prometheus", interval=2)
     compose.run("stop", "traffic")
-    line = next(line for line in compose.logs("traffic").splitlines() if "by caller:" in line)
+    # The summary it prints when stopped: the last one, should it have printed others.
+    line = [line for line in compose.logs("traffic").splitlines() if "by caller:" in line][-1]
     counts = {name: int(count) for name, count in re.findall(r"(\w+)=(\d+)", line)}
     total = re.search(r"traffic: (\d+) requests", line)
     assert total is not None, line
@@ -245,14 +246,26 @@ def test_victorialogs_has_a_log_line_for_each_item_created_with_its_consumer(
 
     series = ('http_server_request_duration_seconds_count{service_name="demo-api",'
               'http_route="/api/items",http_response_status_code="201"}')
-    created = {
-        row["metric"].get("api_consumer_id", ""): round(float(row["value"][1]))
-        for row in prometheus(f"sum by (api_consumer_id) ({series})")
-    }
-    assert sum(created.values()) > 0, "the traffic service created no item"
-    # The batch log processor exports every 5 s.
-    wait_until(lambda: created_item_lines() == created, 60,
-               f"log lines of the items created {created}", interval=1)
+
+    def created() -> dict[str, int]:
+        return {
+            row["metric"].get("api_consumer_id", ""): round(float(row["value"][1]))
+            for row in prometheus(f"sum by (api_consumer_id) ({series})")
+        }
+
+    assert sum(created().values()) > 0, "the traffic service created no item"
+    # The batch log processor and the metric reader each export every 5 s:
+    # both are read again until they agree.
+    seen: list[tuple[dict[str, int], dict[str, int]]] = []
+
+    def agree() -> bool:
+        seen.append((created(), created_item_lines()))
+        return seen[-1][0] == seen[-1][1]
+
+    try:
+        wait_until(agree, 60, "as many log lines as items created", interval=1)
+    except TimeoutError as error:
+        raise AssertionError(f"{error}: (Prometheus 201s, log lines) {seen[-1]}") from None
 
 
 def test_every_published_port_answers_on_loopback_and_nowhere_else(compose: Compose) -> None:
@@ -280,12 +293,16 @@ def test_every_published_port_answers_on_loopback_and_nowhere_else(compose: Comp
 
 
 def test_an_alert_reaches_the_webhook_container_through_alertmanager(compose: Compose) -> None:
+    def firing() -> int:
+        return len(API_DOWN_LINE.findall(compose.logs("alert-webhook")))
+
+    before = firing()  # only a notification sent after the stop counts
     compose.run("stop", "demo-api")
     started = time.monotonic()
     try:
         # Probe failures for 1 minute (ApiDown's for:), evaluation and
         # Alertmanager's group_wait: about 90 s in tests/e2e/test_uptime.py.
-        wait_until(lambda: API_DOWN_LINE.search(compose.logs("alert-webhook")) is not None, 240,
+        wait_until(lambda: firing() > before, 240,
                    "ApiDown printed by the alert-webhook container", interval=3)
     finally:
         compose.run("start", "demo-api")
