@@ -23,8 +23,14 @@ fi
 command -v go >/dev/null || { echo "build-go-module: Go is required to build $name" >&2; exit 1; }
 echo "build-go-module: building $name from $module@$version" >&2
 # Bounded, so a proxy that stops answering fails the build instead of hanging.
-dir=$(timeout 600 go mod download -json "$module@$version" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
-[ -d "$dir" ] || { echo "build-go-module: go mod download $module@$version failed" >&2; exit 1; }
+# On failure `go mod download -json` puts the reason in the JSON's "Error".
+json=$(timeout 600 go mod download -json "$module@$version" 2>&1) || true
+dir=$(printf '%s\n' "$json" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+if [ ! -d "$dir" ]; then
+  echo "build-go-module: go mod download $module@$version failed:" >&2
+  printf '%s\n' "$json" | tail -n 5 >&2
+  exit 1
+fi
 mkdir -p "$(dirname "$out")"
 (
   cd "$dir"

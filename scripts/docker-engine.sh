@@ -31,7 +31,7 @@ start() {
   done
   if ! command -v dockerd >/dev/null || [ -n "${need_package:-}" ]; then
     [ "$(id -u)" -eq 0 ] || { echo "docker-engine: dockerd is not installed and installing docker.io needs root" >&2; return 1; }
-    apt-get update -qq
+    timeout 300 apt-get update -qq || { echo "docker-engine: apt-get update failed" >&2; return 1; }
     DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
       docker.io >/dev/null || { echo "docker-engine: apt-get install docker.io failed" >&2; return 1; }
   fi
@@ -60,6 +60,11 @@ start() {
 stop() {
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
+  # A pidfile left by a crash may name a process that is no dockerd now.
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != dockerd ]; then
+    rm -f "$pidfile"
+    return 0
+  fi
   kill "$pid" 2>/dev/null || { rm -f "$pidfile"; return 0; }
   for _ in $(seq 30); do
     kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; return 0; }
