@@ -18,8 +18,12 @@ compose.yaml uses. Grafana is AGPL and is not built at all.
 
 Each image is imported from a tar stream (``docker import``) and marked with a
 hash of its contents, so a second run with nothing changed builds nothing. A
-tag the engine already has from a registry (a developer's machine that can
-pull) is left alone: the upstream image is the better test.
+tag the engine already has from a registry is left alone: the upstream image
+is the better test. Images are only made on the engine scripts/docker-engine.sh
+runs (its socket in the cache folder), never on a developer's own engine,
+where a remade tag would stand in for the upstream image in every later
+``docker compose up``: there compose pulls them, as for users. Set
+``OFM_STACK_IMAGES_ANY_ENGINE=1`` to make them on another engine anyway.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from stack_processes import (
     build_collector,
     build_jaeger,
     build_victorialogs,
+    tool_cache,
 )
 
 NOBODY = 65534
@@ -384,8 +389,22 @@ def debian_image(tag: str) -> bool:
     return True
 
 
+def private_engine() -> bool:
+    """DOCKER_HOST is the engine scripts/docker-engine.sh started, with its data in our cache."""
+    ours = f"unix://{tool_cache() / 'docker' / 'docker.sock'}"
+    return (
+        os.environ.get("DOCKER_HOST") == ours
+        or os.environ.get("OFM_STACK_IMAGES_ANY_ENGINE") == "1"
+    )
+
+
 def build_all() -> Iterator[tuple[str, bool]]:
-    """(tag, built now) for each image compose.yaml needs that no registry gives us."""
+    """(tag, built now) for each image compose.yaml needs that no registry gives us.
+
+    Nothing on an engine that is not ours (see the module docstring).
+    """
+    if not private_engine():
+        return
     base = demo_base()
     yield base, debian_image(base)
     for make in UPSTREAM_IMAGES:
@@ -394,6 +413,11 @@ def build_all() -> Iterator[tuple[str, bool]]:
 
 
 def main() -> int:
+    if not private_engine():
+        print("stack_images: DOCKER_HOST is not the engine scripts/docker-engine.sh runs; "
+              "no image is made there (compose pulls them; OFM_STACK_IMAGES_ANY_ENGINE=1 "
+              "makes them anyway)", flush=True)
+        return 0
     try:
         for tag, built in build_all():
             state = "built" if built else "kept (pulled)" if made_elsewhere(tag) else "up to date"

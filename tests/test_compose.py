@@ -429,3 +429,24 @@ def test_demo_api_environment() -> None:
     assert environment["OTEL_FLASK_METRICS_CONSUMER_HEADER"] == "X-API-Key"
     assert SERVICES["traffic"]["command"][:2] == ["python", "demo/traffic.py"]
     assert "http://demo-api:8000" in SERVICES["traffic"]["command"]
+
+
+def test_stack_images_are_made_only_on_the_engine_docker_engine_sh_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On a developer's own engine a remade tag would stand in for upstream's image."""
+    import stack_images  # scripts/, on sys.path by conftest
+
+    monkeypatch.setenv("OTEL_FLASK_METRICS_CACHE", str(tmp_path))
+    monkeypatch.delenv("OFM_STACK_IMAGES_ANY_ENGINE", raising=False)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    assert not stack_images.private_engine()
+    assert list(stack_images.build_all()) == []  # and no docker command was run
+    monkeypatch.setenv("OFM_STACK_IMAGES_ANY_ENGINE", "1")
+    assert stack_images.private_engine()
+    monkeypatch.delenv("OFM_STACK_IMAGES_ANY_ENGINE")
+    # The socket scripts/docker-engine.sh starts dockerd on, in the same cache.
+    script = (ROOT / "scripts" / "docker-engine.sh").read_text()
+    assert 'dir="$cache/docker"' in script and 'socket="$dir/docker.sock"' in script
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker/docker.sock")
+    assert stack_images.private_engine()
