@@ -29,7 +29,7 @@ from opentelemetry.sdk.resources import Attributes, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from . import log_throttle
+from . import export_transport, log_throttle
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import DEFAULT_HASH_KEY
 from .fork_safety import ForkSafeMetricReader, fork_safe_provider
@@ -400,7 +400,11 @@ def load_exporters(
             )
             continue
         try:
-            exporters.append(entry_point.load()())
+            factory = entry_point.load()
+            if entry_name == export_transport.HTTP_EXPORTER_ENTRY:
+                exporters.append(export_transport.build_exporter(factory, signal, env))
+            else:
+                exporters.append(factory())
         except Exception as exc:
             problems.append(ConfigProblem(variable, raw, f"exporter {name!r} failed: {exc}"))
     return exporters
