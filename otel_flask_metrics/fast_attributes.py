@@ -32,6 +32,9 @@ _logger = logging.getLogger(__name__)
 # Exact types: a subclass (an IntEnum, a str Enum) takes the SDK's path, which
 # names the subclass in the key.
 _FLAT_TYPES = frozenset((str, int, float, bool))
+# Their names, as the SDK's key spells them: ``type(v).__name__`` builds a new
+# string on every call for a built-in type, a lookup here does not.
+_FLAT_TYPE_NAMES = {kind: kind.__name__ for kind in _FLAT_TYPES}
 
 _PROBES: tuple[dict[str, Any], ...] = (
     {},
@@ -124,13 +127,14 @@ def flat_hash(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 keys = sorted(value)
             except TypeError:  # keys of mixed types
                 return original(value)
+            names = _FLAT_TYPE_NAMES
             items = []
             for key in keys:
                 item = value[key]
-                kind = type(item)
-                if kind not in _FLAT_TYPES or type(key) is not str:
+                name = names.get(type(item))
+                if name is None or type(key) is not str:
                     return original(value)
-                items.append((key, (kind.__name__, item)))
+                items.append((key, (name, item)))
             return ("mapping", tuple(items))
         return original(value)
 
