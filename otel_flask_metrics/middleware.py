@@ -20,8 +20,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
-from opentelemetry import context, propagate, trace
-from opentelemetry.instrumentation.wsgi import wsgi_getter
+from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind
 from werkzeug.wsgi import ClosingIterator
 
@@ -32,6 +31,7 @@ from .request_record import (
     PATH,
     SCHEME,
     RequestRecord,
+    extract_parent,
     finish_safely,
     header_value,
 )
@@ -199,7 +199,7 @@ def begin_request(state: AppState, environ: WSGIEnvironment) -> RequestRecord | 
     if method not in _KNOWN_METHODS:
         method = "_OTHER"
     scheme = environ.get("wsgi.url_scheme", "http")
-    parent = propagate.extract(environ, getter=wsgi_getter)
+    parent = extract_parent(environ)
     # Samplers see the method, scheme and path; the rest is only computed for
     # spans that are recorded.
     span = state.tracer.start_span(
