@@ -175,6 +175,13 @@ class AppState:
         self.group_labels = ConsumerLabelLimiter(settings.max_consumers)
         # OTEL_PYTHON_FLASK_EXCLUDED_URLS, or OTEL_PYTHON_EXCLUDED_URLS.
         self.excluded_urls = get_excluded_urls("FLASK")
+        # The check itself, or None when nothing is excluded (the usual case:
+        # no call per request).
+        self.url_excluded: Callable[[str], bool] | None = (
+            self.excluded_urls.url_disabled
+            if getattr(self.excluded_urls, "_excluded_urls", True)
+            else None
+        )
         self.capture = Capture(settings)
         self.allowed_hosts = _host_matcher(settings.allowed_hosts)
         # ua-parser is imported only when asked for: its rules cost memory in

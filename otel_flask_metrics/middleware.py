@@ -191,7 +191,8 @@ class Middleware:
 
 
 def begin_request(state: AppState, environ: WSGIEnvironment) -> RequestRecord | None:
-    if state.excluded_urls.url_disabled(environ.get("PATH_INFO") or "/"):
+    url_excluded = state.url_excluded
+    if url_excluded is not None and url_excluded(environ.get("PATH_INFO") or "/"):
         return None
     if state.allowed_hosts is not None and not state.allowed_hosts(environ):
         return None
@@ -275,7 +276,8 @@ class _ResponseBody:
             if close is not None:
                 close()
         finally:
-            finish_safely(self._record)
+            if not self._record.finished:
+                finish_safely(self._record)
 
     def __del__(self) -> None:
         # Neither exhausted nor closed: end the span and leave the in-flight

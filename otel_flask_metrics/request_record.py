@@ -176,7 +176,10 @@ class RequestRecord:
                 now = ended
             duration = max(now - self.start, 0.0)
             state = self.state
-            status_code = _status_code(self.status)
+            status = self.status
+            status_code = _STATUS_CODES.get(status) if status else 0
+            if status_code is None:
+                status_code = _status_code(status)
             if self.exception is not None or status_code >= 500:
                 error_type = _error_type(self.exception, status_code)
             request_size = self.request_size if self.request_size is not None else (
@@ -201,6 +204,7 @@ class RequestRecord:
             if (
                 not sampled
                 and keeper is not None
+                and (error_type is not None or keeper.slow_seconds is not None)
                 and keeper.wants(error_type, duration)
                 and not span.is_recording()
             ):
@@ -378,9 +382,17 @@ def _status_code(status: str | None) -> int:
     if not status:
         return 0
     try:
-        return int(status[:3])
+        code = int(status[:3])
     except ValueError:
         return 0
+    if len(_STATUS_CODES) < _STATUS_CODES_SIZE:
+        _STATUS_CODES[status] = code
+    return code
+
+
+# Status lines seen -> their code: a few recur on every request.
+_STATUS_CODES: dict[str, int] = {}
+_STATUS_CODES_SIZE = 1024  # entries
 
 
 def _error_type(exception: BaseException | None, status_code: int) -> str | None:
