@@ -36,13 +36,44 @@ _FLAT_TYPES = frozenset((str, int, float, bool))
 # string on every call for a built-in type, a lookup here does not.
 _FLAT_TYPE_NAMES = {kind: kind.__name__ for kind in _FLAT_TYPES}
 
+
+class FrozenAttributes(dict):  # type: ignore[type-arg]  # dict[str, str | int | float | bool]
+    """Flat metric attributes, checked once and never changed afterwards.
+
+    The HTTP metrics record the same few attribute sets on every request: one
+    of these is made per set (:meth:`of`) and passed to every record, so the
+    fast path's cleaning copies it without checking each value again. Any code
+    that cannot tell it from a ``dict`` gets exactly what a ``dict`` gives,
+    and the SDK's own path (fast path off) reads it as the mapping it is.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, attributes: dict[str, Any]) -> dict[str, Any]:
+        """``attributes`` frozen, or as they are when not flat (the SDK checks those)."""
+        for key, item in attributes.items():
+            if type(item) not in _FLAT_TYPES or type(key) is not str or not key:
+                return attributes
+        return cls(attributes)
+
+    def _frozen(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("FrozenAttributes cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = _frozen
+    clear = pop = popitem = setdefault = update = _frozen
+
+
 _PROBES: tuple[dict[str, Any], ...] = (
     {},
     {"http.request.method": "GET", "url.scheme": "http", "http.response.status_code": 200},
     {"z": True, "a": 1.5, "m": "x", "b": 0, "é": "ü"},
     {"b": False, "a": 1},  # bool and int must stay apart
     {"a": 1.0},  # and so must float and int
+    FrozenAttributes({"http.request.method": "POST", "http.response.status_code": 201}),
 )
+
+
 
 _lock = threading.Lock()
 _installed: dict[str, tuple[ModuleType, str, Callable[..., Any]]] = {}
@@ -88,6 +119,7 @@ def _plan() -> dict[str, tuple[ModuleType, str, Callable[..., Any], Callable[...
         agrees = all(
             fast_hash(dict(p)) == original_hash(dict(p))
             and fast_clean(p, None) == original_clean(p, None)
+            and type(fast_clean(p, None)) is type(original_clean(p, None))
             for p in _PROBES
         )
     except Exception:
@@ -145,10 +177,13 @@ def flat_clean(original: Callable[[Any, int | None], Any]) -> Callable[[Any, int
     """``_clean_attribute_value`` with a one-loop path for flat dicts.
 
     For a dict with non-empty ``str`` keys and flat values, and no length
-    limit (what ``Measurement`` passes), cleaning is a copy.
+    limit (what ``Measurement`` passes), cleaning is a copy; a
+    :class:`FrozenAttributes` is one without a second look.
     """
 
     def clean_attribute_value(value: Any, max_string_value_length: int | None) -> Any:
+        if type(value) is FrozenAttributes and max_string_value_length is None:
+            return dict(value)  # checked when it was made, unchanged since
         if type(value) is dict and max_string_value_length is None:
             for key, item in value.items():
                 if type(item) not in _FLAT_TYPES or type(key) is not str or not key:

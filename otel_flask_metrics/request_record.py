@@ -32,6 +32,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from .capture import REQUEST_BODY, RESPONSE_BODY, BodyPrefix, CapturingInput, decode
 from .consumers import Consumer
+from .fast_attributes import FrozenAttributes
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -96,6 +97,58 @@ def extract_parent(environ: WSGIEnvironment) -> Context:
                 _default_propagators = inner
                 return _NO_PARENT
     return propagate.extract(environ, getter=wsgi_getter)
+
+
+class MetricAttributes:
+    """The HTTP metrics' attributes of each series, made once and then shared.
+
+    Every request of a series records the same attributes two or three times;
+    one :class:`~.fast_attributes.FrozenAttributes` per series spares building
+    them per request and checking them per record. Bounded: emptied when full.
+    """
+
+    __slots__ = ("_sets",)
+
+    def __init__(self) -> None:
+        self._sets: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def get(
+        self,
+        method: str,
+        scheme: str,
+        status_code: int,
+        route: str | None,
+        error_type: str | None,
+        consumer: str | None,
+        group: str | None,
+    ) -> dict[str, Any]:
+        key = (method, scheme, status_code, route, error_type, consumer, group)
+        found = self._sets.get(key)
+        # Exact str only: a str subclass equal to a cached value must keep its
+        # own type, as the SDK keeps it apart.
+        if found is not None and type(method) is str and type(scheme) is str and (
+            route is None or type(route) is str
+        ):
+            return found
+        attributes: dict[str, Any] = {METHOD: method, SCHEME: scheme}
+        if status_code:
+            attributes[_STATUS] = status_code
+        if route is not None:
+            attributes[_ROUTE] = route
+        if error_type is not None:
+            attributes[_ERROR_TYPE] = error_type
+        if consumer is not None:
+            attributes[API_CONSUMER_ID] = consumer
+            if group is not None:
+                attributes[API_CONSUMER_GROUP] = group
+        if type(method) is str and type(scheme) is str and (route is None or type(route) is str):
+            if len(self._sets) >= _METRIC_ATTRIBUTE_SETS:
+                self._sets.clear()
+            attributes = self._sets[key] = FrozenAttributes.of(attributes)
+        return attributes
+
+
+_METRIC_ATTRIBUTE_SETS = 4096  # entries
 
 
 class RequestRecord:
@@ -186,18 +239,16 @@ class RequestRecord:
                 self.input.count if self.input is not None else 0
             )
 
-            attributes = {METHOD: self.method, SCHEME: self.scheme}
-            if status_code:
-                attributes[_STATUS] = status_code
-            if self.route is not None:
-                attributes[_ROUTE] = self.route
-            if error_type is not None:
-                attributes[_ERROR_TYPE] = error_type
             consumer = self.consumer
+            consumer_label = group_label = None
             if consumer is not None:
-                attributes[API_CONSUMER_ID] = state.consumer_labels.label(consumer.id)
+                consumer_label = state.consumer_labels.label(consumer.id)
                 if consumer.group is not None:
-                    attributes[API_CONSUMER_GROUP] = state.group_labels.label(consumer.group)
+                    group_label = state.group_labels.label(consumer.group)
+            attributes = state.metric_attributes.get(
+                self.method, self.scheme, status_code, self.route, error_type, consumer_label,
+                group_label,
+            )
 
             sampled = span.get_span_context().trace_flags.sampled
             keeper = state.keeper
