@@ -204,3 +204,18 @@ def test_metric_attributes_are_shared_per_series_and_keep_types_apart() -> None:
         "url.scheme": "http",
         "error.type": "OSError",
     }
+
+
+def test_a_copy_of_frozen_attributes_gets_the_sdks_key_and_equal_lookalikes_their_own() -> None:
+    fast_hash = flat_hash(SDK_HASH)
+    fast_clean = flat_clean(_clean_attribute_value)
+    frozen = fast_attributes.FrozenAttributes({"a": 1, "b": "x", "c": 2.5})
+    copy = dict(fast_clean(frozen, None))  # what the SDK hashes: a copy of the cleaned dict
+    assert fast_hash(copy) == SDK_HASH(dict(frozen))
+    assert fast_hash(dict(copy)) is fast_hash(copy), "computed once"
+    # Equal to it, but other objects of other types: each keeps its own key.
+    for lookalike in ({"a": True, "b": "x", "c": 2.5}, {"a": 1.0, "b": "x", "c": 2.5},
+                      {"a": 1, "b": Tier.GOLD, "c": 2.5}, {"a": 1, "b": "x", "d": 2.5}):
+        assert fast_hash(lookalike) == SDK_HASH(dict(lookalike)), lookalike
+    with pytest.raises(TypeError):
+        fast_attributes.FrozenAttributes({"a": Tier.GOLD})
