@@ -28,8 +28,11 @@ def _rss_kib() -> int:
     return 0
 
 
-def send(client: Any, n: int) -> None:
+def send(client: Any, n: int, method: str | None = None) -> None:
+    """``n`` requests of :data:`app.REQUEST_MIX`, cycled; only its ``method`` ones if given."""
     mix = bench_app.REQUEST_MIX
+    if method is not None:
+        mix = tuple(r for r in mix if r.method == method)
     size = len(mix)
     for i in range(n):
         r = mix[i % size]

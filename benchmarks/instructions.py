@@ -28,6 +28,11 @@ What would make two runs differ, and is pinned:
 * byte-compiled modules: the package directories are compiled first, so no
   run pays for writing ``.pyc`` files the other one reads.
 
+``--methods all,GET,POST`` measures each variant also with a window of only
+the mix's ``GET /items/<id>`` (or only its ``POST /items``) requests, one table
+per method: the warm-up is the whole mix either way, so the same series exist
+and the window pays for records, not for new series.
+
 OTLP goes to ``otlp_sink.py`` on 127.0.0.1 (its own process, not counted).
 
 What is left varies by about ±0.2 % for the exporting variants (most likely the threads
@@ -45,6 +50,7 @@ Usage::
 
     python benchmarks/instructions.py                               # ~3 minutes
     python benchmarks/instructions.py --variants bare,ofm-production --json instr.json
+    python benchmarks/instructions.py --methods GET,POST                 # a table per method
     git worktree add /tmp/ofm-old <commit>
     python benchmarks/instructions.py --pythonpath /tmp/ofm-old     # adds ofm-*@<commit> rows
 
@@ -93,8 +99,12 @@ def log(message: str) -> None:
 # --- the measured process ------------------------------------------------------
 
 
-def child(variant: str, requests: int, warmup: int, seed: int) -> None:
-    """One run under valgrind: warm-up, flush, ``requests`` requests, shutdown."""
+def child(variant: str, requests: int, warmup: int, seed: int, method: str | None) -> None:
+    """One run under valgrind: warm-up, flush, ``requests`` requests, shutdown.
+
+    :param method: only the mix's requests of this method in the measured
+        window (the warm-up is the whole mix), or None for the whole mix.
+    """
     import gc
     import random
 
@@ -107,7 +117,7 @@ def child(variant: str, requests: int, warmup: int, seed: int) -> None:
     inprocess.send(client, warmup)
     bench_app.flush_providers()
     gc.collect()
-    inprocess.send(client, requests)
+    inprocess.send(client, requests, method)
     bench_app.shutdown_providers()
     ofm = sys.modules.get("otel_flask_metrics")
     print("CHILD " + json.dumps({"ofm_file": getattr(ofm, "__file__", None)}), flush=True)
@@ -123,10 +133,16 @@ class Job:
     variant: str
     label: str | None = None
     pythonpath: Path | None = None
+    #: The measured window's requests: ``all`` of the mix, or only ``GET`` or ``POST``.
+    method: str = "all"
 
     @property
     def name(self) -> str:
         return self.variant if self.label is None else f"{self.variant}@{self.label}"
+
+    @property
+    def tag(self) -> str:
+        return self.name if self.method == "all" else f"{self.name}.{self.method}"
 
 
 @dataclass
@@ -202,12 +218,13 @@ def run_once(
         str(args.warmup),
         "--seed",
         str(args.seed),
+        *(["--method", job.method] if job.method != "all" else []),
     ]
     done = subprocess.run(cmd, env=env, cwd=HERE, capture_output=True, text=True, timeout=3600)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("CHILD ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(
-            f"{job.name} n={requests} failed (exit {done.returncode}):\n"
+            f"{job.tag} n={requests} failed (exit {done.returncode}):\n"
             f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         )
     ofm_file = json.loads(lines[-1][6:])["ofm_file"]
@@ -227,6 +244,19 @@ def _fmt_ratio(num: float, den: float | None) -> str:
     if den is None or den <= 0:
         return "—"
     return f"{num / den:.2f}x"
+
+
+def render_by_method(results: Sequence[Measured], lo: int, hi: int) -> str:
+    """One table per measured method (``all`` first), each with its own bare and peers."""
+    methods = list(dict.fromkeys(m.job.method for m in results))
+    if methods == ["all"]:
+        return render(results, lo, hi)
+    parts = []
+    for method in methods:
+        title = "the whole mix" if method == "all" else f"only `{method}` requests"
+        parts.append(f"Measured window: {title}.\n")
+        parts.append(render([m for m in results if m.job.method == method], lo, hi) + "\n")
+    return "\n".join(parts).rstrip("\n")
 
 
 def render(results: Sequence[Measured], lo: int, hi: int) -> str:
@@ -296,6 +326,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--warmup", type=int, default=200, help="requests before each window")
     parser.add_argument(
+        "--methods",
+        default="all",
+        help="comma-separated windows: all (the whole mix), GET, POST; a table each (all)",
+    )
+    parser.add_argument("--method", choices=("GET", "POST"), help=argparse.SUPPRESS)
+    parser.add_argument(
         "--pythonpath",
         action="append",
         default=[],
@@ -313,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.child:
-        child(args.child, int(args.requests), args.warmup, args.seed)
+        child(args.child, int(args.requests), args.warmup, args.seed, args.method)
         return
 
     import app as bench_app
@@ -333,11 +369,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(bench_app.VARIANTS)}")
 
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or set(methods) - {"all", "GET", "POST"}:
+        parser.error("--methods takes all, GET and POST, e.g. all,GET,POST")
+
     others = [_parse_pythonpath(spec) for spec in args.pythonpath]
     args.other_dirs = [path for _, path in others]
-    jobs = [Job(v) for v in variants]
-    for label, path in others:
-        jobs += [Job(v, label, path) for v in other_variants]
+    jobs = []
+    for method in methods:
+        jobs += [Job(v, method=method) for v in variants]
+        for label, path in others:
+            jobs += [Job(v, label, path, method) for v in other_variants]
 
     # Every copy of the package byte-compiled before any run (see the docstring).
     import otel_flask_metrics
@@ -364,13 +406,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                     ir: dict[int, int] = {}
                     spans: dict[int, int] = {}
                     for n in (lo, hi):
-                        tag = f"instr.{m.job.name}.r{rep}.n{n}".replace("@", ".at.")
+                        tag = f"instr.{m.job.tag}.r{rep}.n{n}".replace("@", ".at.")
                         ir[n], spans[n] = run_once(m.job, n, args, sink, tag, Path(tmp))
                     m.ir.append(ir)
                     m.spans.append(spans)
                     m.seconds += time.monotonic() - t0
                     log(
-                        f"  {m.job.name:<28} {(ir[hi] - ir[lo]) / (hi - lo) / 1e6:8.3f} "
+                        f"  {m.job.tag:<28} {(ir[hi] - ir[lo]) / (hi - lo) / 1e6:8.3f} "
                         f"M instr/request  (totals {ir[lo]:,} / {ir[hi]:,}; "
                         f"{time.monotonic() - t0:.0f} s)"
                     )
@@ -383,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"(total at {hi} - total at {lo}) ÷ {hi - lo}, warm-up {args.warmup}; "
         f"Python {platform.python_version()}, {platform.machine()}.\n"
     )
-    print(render(results, lo, hi))
+    print(render_by_method(results, lo, hi))
 
     if args.json:
         payload = {
@@ -395,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "results": [
                 {
                     "variant": m.job.name,
+                    "method": m.job.method,
                     "pythonpath": str(m.job.pythonpath) if m.job.pythonpath else None,
                     "instructions_per_request": m.per_request(lo, hi),
                     "totals": [{str(k): v for k, v in r.items()} for r in m.ir],

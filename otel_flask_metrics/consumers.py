@@ -111,6 +111,9 @@ class ConsumerResolver:
         if self._header_key is not None:
             value = request.environ.get(self._header_key)
             if value:
+                cache = self._header_consumers
+                if value in cache:
+                    return cache[value]
                 return self._from_credential(value)
         return None
 

@@ -66,7 +66,7 @@ from .kept_requests import RequestKeeper
 from .log_console import keep_flask_console
 from .metrics import HttpServerInstruments
 from .middleware import Middleware
-from .request_record import ENVIRON_KEY, RequestRecord, split_host
+from .request_record import ENVIRON_KEY, MetricAttributes, RequestRecord, split_host
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -171,10 +171,18 @@ class AppState:
         self.instruments = HttpServerInstruments.create(meter)
         self.consumers = ConsumerResolver(settings)
         self.consumer_labels = ConsumerLabelLimiter(settings.max_consumers)
+        self.metric_attributes = MetricAttributes()
         # Apps may use per-tenant groups: they are capped the same way.
         self.group_labels = ConsumerLabelLimiter(settings.max_consumers)
         # OTEL_PYTHON_FLASK_EXCLUDED_URLS, or OTEL_PYTHON_EXCLUDED_URLS.
         self.excluded_urls = get_excluded_urls("FLASK")
+        # The check itself, or None when nothing is excluded (the usual case:
+        # no call per request).
+        self.url_excluded: Callable[[str], bool] | None = (
+            self.excluded_urls.url_disabled
+            if getattr(self.excluded_urls, "_excluded_urls", True)
+            else None
+        )
         self.capture = Capture(settings)
         self.allowed_hosts = _host_matcher(settings.allowed_hosts)
         # ua-parser is imported only when asked for: its rules cost memory in

@@ -32,6 +32,48 @@ _logger = logging.getLogger(__name__)
 # Exact types: a subclass (an IntEnum, a str Enum) takes the SDK's path, which
 # names the subclass in the key.
 _FLAT_TYPES = frozenset((str, int, float, bool))
+# Their names, as the SDK's key spells them: ``type(v).__name__`` builds a new
+# string on every call for a built-in type, a lookup here does not.
+_FLAT_TYPE_NAMES = {kind: kind.__name__ for kind in _FLAT_TYPES}
+
+
+def _is_flat(attributes: dict[str, Any]) -> bool:
+    for key, item in attributes.items():
+        if type(item) not in _FLAT_TYPES or type(key) is not str or not key:
+            return False
+    return True
+
+
+class FrozenAttributes(dict):  # type: ignore[type-arg]  # dict[str, str | int | float | bool]
+    """Flat metric attributes, checked once and never changed afterwards.
+
+    The HTTP metrics record the same few attribute sets on every request: one
+    of these is made per set (:meth:`of`) and passed to every record, so the
+    fast path's cleaning copies it without checking each value again. Any code
+    that cannot tell it from a ``dict`` gets exactly what a ``dict`` gives,
+    and the SDK's own path (fast path off) reads it as the mapping it is.
+    """
+
+    __slots__ = ("sdk_key",)
+
+    def __init__(self, attributes: dict[str, Any]) -> None:
+        if not _is_flat(attributes):
+            raise TypeError("FrozenAttributes takes str keys and str, int, float or bool values")
+        super().__init__(attributes)
+        #: The SDK's aggregation key of these attributes, once the fast path computed it.
+        self.sdk_key: Any = None
+
+    @classmethod
+    def of(cls, attributes: dict[str, Any]) -> dict[str, Any]:
+        """``attributes`` frozen, or as they are when not flat (the SDK checks those)."""
+        return cls(attributes) if _is_flat(attributes) else attributes
+
+    def _frozen(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("FrozenAttributes cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = _frozen
+    clear = pop = popitem = setdefault = update = _frozen
+
 
 _PROBES: tuple[dict[str, Any], ...] = (
     {},
@@ -39,7 +81,15 @@ _PROBES: tuple[dict[str, Any], ...] = (
     {"z": True, "a": 1.5, "m": "x", "b": 0, "é": "ü"},
     {"b": False, "a": 1},  # bool and int must stay apart
     {"a": 1.0},  # and so must float and int
+    FrozenAttributes({"http.request.method": "POST", "http.response.status_code": 201}),
 )
+
+
+
+# The FrozenAttributes the fast path cleaned last (any thread): the dict the
+# SDK hashes next is usually a copy of it.
+_last_frozen: list[FrozenAttributes | None] = [None]
+_MISSING = object()
 
 _lock = threading.Lock()
 _installed: dict[str, tuple[ModuleType, str, Callable[..., Any]]] = {}
@@ -85,6 +135,7 @@ def _plan() -> dict[str, tuple[ModuleType, str, Callable[..., Any], Callable[...
         agrees = all(
             fast_hash(dict(p)) == original_hash(dict(p))
             and fast_clean(p, None) == original_clean(p, None)
+            and type(fast_clean(p, None)) is type(original_clean(p, None))
             for p in _PROBES
         )
     except Exception:
@@ -116,22 +167,43 @@ def flat_hash(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     The SDK's key for a mapping is ``("mapping", ((key, (type name, value)),
     ...))`` in sorted key order; its ``sorted`` key function is the identity
     for ``str`` keys, which are the only keys this path takes.
+
+    The SDK hashes a copy of what it cleaned. When that was a
+    :class:`FrozenAttributes`, a dict with the same keys holding the very
+    same value objects has its key, computed once: the same objects have the
+    same types and values, so the key cannot differ (whichever thread cleaned
+    it last, the identity check decides).
     """
+
+    def flat_key(value: dict[Any, Any]) -> Any:
+        try:
+            keys = sorted(value)
+        except TypeError:  # keys of mixed types
+            return original(value)
+        names = _FLAT_TYPE_NAMES
+        items = []
+        for key in keys:
+            item = value[key]
+            name = names.get(type(item))
+            if name is None or type(key) is not str:
+                return original(value)
+            items.append((key, (name, item)))
+        return ("mapping", tuple(items))
 
     def hash_attributes(value: Any) -> Any:
         if type(value) is dict:
-            try:
-                keys = sorted(value)
-            except TypeError:  # keys of mixed types
-                return original(value)
-            items = []
-            for key in keys:
-                item = value[key]
-                kind = type(item)
-                if kind not in _FLAT_TYPES or type(key) is not str:
-                    return original(value)
-                items.append((key, (kind.__name__, item)))
-            return ("mapping", tuple(items))
+            frozen = _last_frozen[0]
+            if frozen is not None and len(value) == len(frozen):
+                get = value.get
+                for key, item in frozen.items():
+                    if get(key, _MISSING) is not item:
+                        break
+                else:
+                    sdk_key = frozen.sdk_key
+                    if sdk_key is None:
+                        sdk_key = frozen.sdk_key = flat_key(dict(frozen))
+                    return sdk_key
+            return flat_key(value)
         return original(value)
 
     return hash_attributes
@@ -141,10 +213,14 @@ def flat_clean(original: Callable[[Any, int | None], Any]) -> Callable[[Any, int
     """``_clean_attribute_value`` with a one-loop path for flat dicts.
 
     For a dict with non-empty ``str`` keys and flat values, and no length
-    limit (what ``Measurement`` passes), cleaning is a copy.
+    limit (what ``Measurement`` passes), cleaning is a copy; a
+    :class:`FrozenAttributes` is one without a second look.
     """
 
     def clean_attribute_value(value: Any, max_string_value_length: int | None) -> Any:
+        if type(value) is FrozenAttributes and max_string_value_length is None:
+            _last_frozen[0] = value
+            return dict(value)  # checked when it was made, unchanged since
         if type(value) is dict and max_string_value_length is None:
             for key, item in value.items():
                 if type(item) not in _FLAT_TYPES or type(key) is not str or not key:

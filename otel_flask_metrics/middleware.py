@@ -20,8 +20,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
-from opentelemetry import context, propagate, trace
-from opentelemetry.instrumentation.wsgi import wsgi_getter
+from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind
 from werkzeug.wsgi import ClosingIterator
 
@@ -32,6 +31,7 @@ from .request_record import (
     PATH,
     SCHEME,
     RequestRecord,
+    extract_parent,
     finish_safely,
     header_value,
 )
@@ -191,7 +191,8 @@ class Middleware:
 
 
 def begin_request(state: AppState, environ: WSGIEnvironment) -> RequestRecord | None:
-    if state.excluded_urls.url_disabled(environ.get("PATH_INFO") or "/"):
+    url_excluded = state.url_excluded
+    if url_excluded is not None and url_excluded(environ.get("PATH_INFO") or "/"):
         return None
     if state.allowed_hosts is not None and not state.allowed_hosts(environ):
         return None
@@ -199,7 +200,7 @@ def begin_request(state: AppState, environ: WSGIEnvironment) -> RequestRecord | 
     if method not in _KNOWN_METHODS:
         method = "_OTHER"
     scheme = environ.get("wsgi.url_scheme", "http")
-    parent = propagate.extract(environ, getter=wsgi_getter)
+    parent = extract_parent(environ)
     # Samplers see the method, scheme and path; the rest is only computed for
     # spans that are recorded.
     span = state.tracer.start_span(
@@ -275,7 +276,8 @@ class _ResponseBody:
             if close is not None:
                 close()
         finally:
-            finish_safely(self._record)
+            if not self._record.finished:
+                finish_safely(self._record)
 
     def __del__(self) -> None:
         # Neither exhausted nor closed: end the span and leave the in-flight

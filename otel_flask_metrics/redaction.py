@@ -970,7 +970,7 @@ class RedactingSpanExporter(SpanExporter):
         redacted: list[ReadableSpan] = []
         for span in spans:
             try:
-                redacted.append(redact_span(span, self._redactor))
+                redacted.append(redact_span(_with_plain_attributes(span), self._redactor))
             except Exception:
                 _log_once(
                     "span",
@@ -985,6 +985,39 @@ class RedactingSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._exporter.force_flush(timeout_millis)
+
+
+def _with_plain_attributes(span: ReadableSpan) -> ReadableSpan:
+    """``span``, or the same span read over its attributes' plain dict.
+
+    An SDK span keeps its attributes in a ``BoundedAttributes``, a Python
+    mapping: each pass over it (redaction's, then the OTLP encoder's) runs a
+    Python generator and a ``__getitem__`` call per attribute, about five times
+    a pass over a dict. An ended span's attributes no longer change, so the
+    exported copy reads them from the dict inside, in the same order. Spans
+    that dropped attributes, events or links (their counts live in the
+    bounded containers), and anything not built as expected, go as they are.
+    """
+    bounded = getattr(span, "_attributes", None)
+    if type(bounded) is not BoundedAttributes or bounded.dropped or span.end_time is None:
+        return span
+    plain = getattr(bounded, "_dict", None)
+    if type(plain) is not dict or span.dropped_events or span.dropped_links:
+        return span
+    return ReadableSpan(
+        name=span.name,
+        context=span.get_span_context(),
+        parent=span.parent,
+        resource=span.resource,
+        attributes=MappingProxyType(plain),
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 def _redact_items(

@@ -14,7 +14,10 @@ from time import perf_counter, time_ns
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.wsgi import wsgi_getter
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.semconv.attributes import (
     client_attributes,
     error_attributes,
@@ -25,9 +28,11 @@ from opentelemetry.semconv.attributes import (
     user_agent_attributes,
 )
 from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .capture import REQUEST_BODY, RESPONSE_BODY, BodyPrefix, CapturingInput, decode
 from .consumers import Consumer
+from .fast_attributes import FrozenAttributes
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -62,6 +67,88 @@ _ERROR_TYPE = error_attributes.ERROR_TYPE
 # Metric records that must not carry an exemplar get this context: not empty
 # (the SDK would fall back to the current one), and without a span.
 _WITHOUT_SPAN = context.set_value("otel_flask_metrics.no_exemplar", True, context.Context())
+
+
+# What the default propagators (OTEL_PROPAGATORS=tracecontext,baggage) extract
+# from a request that has neither of their headers: an empty context. A
+# Context is immutable, so one serves every such request.
+_NO_PARENT = Context()
+_DEFAULT_PROPAGATOR_TYPES = (TraceContextTextMapPropagator, W3CBaggagePropagator)
+# The global propagator's propagators, last seen to be exactly the default pair.
+_default_propagators: tuple[object, ...] = ()
+
+
+def extract_parent(environ: WSGIEnvironment) -> Context:
+    """The context a request continues: ``propagate.extract`` of its headers.
+
+    Most requests carry no ``traceparent`` and no ``baggage``; with the default
+    propagators their extraction yields an empty context, which is returned
+    without running them (two header lookups instead of two propagators). Any
+    other propagator, or either header present, takes the full extraction.
+    """
+    global _default_propagators
+    if "HTTP_TRACEPARENT" not in environ and "HTTP_BAGGAGE" not in environ:
+        textmap = propagate.get_global_textmap()
+        if type(textmap) is CompositePropagator:
+            inner = tuple(getattr(textmap, "_propagators", ()))
+            if inner == _default_propagators:
+                return _NO_PARENT
+            if tuple(type(p) for p in inner) == _DEFAULT_PROPAGATOR_TYPES:
+                _default_propagators = inner
+                return _NO_PARENT
+    return propagate.extract(environ, getter=wsgi_getter)
+
+
+class MetricAttributes:
+    """The HTTP metrics' attributes of each series, made once and then shared.
+
+    Every request of a series records the same attributes two or three times;
+    one :class:`~.fast_attributes.FrozenAttributes` per series spares building
+    them per request and checking them per record. Bounded: emptied when full.
+    """
+
+    __slots__ = ("_sets",)
+
+    def __init__(self) -> None:
+        self._sets: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def get(
+        self,
+        method: str,
+        scheme: str,
+        status_code: int,
+        route: str | None,
+        error_type: str | None,
+        consumer: str | None,
+        group: str | None,
+    ) -> dict[str, Any]:
+        key = (method, scheme, status_code, route, error_type, consumer, group)
+        found = self._sets.get(key)
+        # Exact str only: a str subclass equal to a cached value must keep its
+        # own type, as the SDK keeps it apart.
+        if found is not None and type(method) is str and type(scheme) is str and (
+            route is None or type(route) is str
+        ):
+            return found
+        attributes: dict[str, Any] = {METHOD: method, SCHEME: scheme}
+        if status_code:
+            attributes[_STATUS] = status_code
+        if route is not None:
+            attributes[_ROUTE] = route
+        if error_type is not None:
+            attributes[_ERROR_TYPE] = error_type
+        if consumer is not None:
+            attributes[API_CONSUMER_ID] = consumer
+            if group is not None:
+                attributes[API_CONSUMER_GROUP] = group
+        if type(method) is str and type(scheme) is str and (route is None or type(route) is str):
+            if len(self._sets) >= _METRIC_ATTRIBUTE_SETS:
+                self._sets.clear()
+            attributes = self._sets[key] = FrozenAttributes.of(attributes)
+        return attributes
+
+
+_METRIC_ATTRIBUTE_SETS = 4096  # entries
 
 
 class RequestRecord:
@@ -142,31 +229,33 @@ class RequestRecord:
                 now = ended
             duration = max(now - self.start, 0.0)
             state = self.state
-            status_code = _status_code(self.status)
+            status = self.status
+            status_code = _STATUS_CODES.get(status) if status else 0
+            if status_code is None:
+                status_code = _status_code(status)
             if self.exception is not None or status_code >= 500:
                 error_type = _error_type(self.exception, status_code)
             request_size = self.request_size if self.request_size is not None else (
                 self.input.count if self.input is not None else 0
             )
 
-            attributes = {METHOD: self.method, SCHEME: self.scheme}
-            if status_code:
-                attributes[_STATUS] = status_code
-            if self.route is not None:
-                attributes[_ROUTE] = self.route
-            if error_type is not None:
-                attributes[_ERROR_TYPE] = error_type
             consumer = self.consumer
+            consumer_label = group_label = None
             if consumer is not None:
-                attributes[API_CONSUMER_ID] = state.consumer_labels.label(consumer.id)
+                consumer_label = state.consumer_labels.label(consumer.id)
                 if consumer.group is not None:
-                    attributes[API_CONSUMER_GROUP] = state.group_labels.label(consumer.group)
+                    group_label = state.group_labels.label(consumer.group)
+            attributes = state.metric_attributes.get(
+                self.method, self.scheme, status_code, self.route, error_type, consumer_label,
+                group_label,
+            )
 
             sampled = span.get_span_context().trace_flags.sampled
             keeper = state.keeper
             if (
                 not sampled
                 and keeper is not None
+                and (error_type is not None or keeper.slow_seconds is not None)
                 and keeper.wants(error_type, duration)
                 and not span.is_recording()
             ):
@@ -214,7 +303,7 @@ class RequestRecord:
         environ = self.environ
         # Extracted again, only for the few requests kept: the request's own
         # trace is continued, as the unsampled span had continued it.
-        parent = propagate.extract(environ, getter=wsgi_getter)
+        parent = extract_parent(environ)
         attributes = {
             METHOD: self.method,
             SCHEME: self.scheme,
@@ -344,9 +433,17 @@ def _status_code(status: str | None) -> int:
     if not status:
         return 0
     try:
-        return int(status[:3])
+        code = int(status[:3])
     except ValueError:
         return 0
+    if len(_STATUS_CODES) < _STATUS_CODES_SIZE:
+        _STATUS_CODES[status] = code
+    return code
+
+
+# Status lines seen -> their code: a few recur on every request.
+_STATUS_CODES: dict[str, int] = {}
+_STATUS_CODES_SIZE = 1024  # entries
 
 
 def _error_type(exception: BaseException | None, status_code: int) -> str | None:

@@ -150,3 +150,72 @@ def test_checking_availability_changes_nothing(sdk_functions: None) -> None:
     assert fast_attributes.available()
     assert not fast_attributes.is_installed()
     assert _view_instrument_match._hash_attributes is SDK_HASH
+
+
+def test_frozen_attributes_clean_to_the_same_plain_dict() -> None:
+    fast = flat_clean(_clean_attribute_value)
+    attributes = {"http.request.method": "GET", "http.response.status_code": 200, "a": 1.5}
+    frozen = fast_attributes.FrozenAttributes.of(dict(attributes))
+    assert type(frozen) is fast_attributes.FrozenAttributes
+    cleaned = fast(frozen, None)
+    assert type(cleaned) is dict and cleaned == _clean_attribute_value(frozen, None) == attributes
+    assert list(cleaned) == list(attributes)
+    for change in (
+        lambda: frozen.__setitem__("a", 2),
+        lambda: frozen.__delitem__("a"),
+        lambda: frozen.update(b=1),
+        lambda: frozen.pop("a"),
+        lambda: frozen.setdefault("c", 1),
+        frozen.clear,
+        frozen.popitem,
+    ):
+        with pytest.raises(TypeError):
+            change()
+    assert frozen == attributes
+
+
+@pytest.mark.parametrize(
+    "attributes", [{"a": Tier.GOLD}, {"a": Plan.FREE}, {"": "empty key"}, {"a": ("x",)}]
+)
+def test_only_flat_attributes_are_frozen(attributes: dict[str, Any]) -> None:
+    assert fast_attributes.FrozenAttributes.of(attributes) is attributes
+
+
+def test_metric_attributes_are_shared_per_series_and_keep_types_apart() -> None:
+    from otel_flask_metrics.request_record import MetricAttributes
+
+    class Route(str):
+        pass
+
+    sets = MetricAttributes()
+    first = sets.get("GET", "http", 200, "/items/<id>", None, "c1", None)
+    assert first == {
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "http.response.status_code": 200,
+        "http.route": "/items/<id>",
+        "api.consumer.id": "c1",
+    }
+    assert sets.get("GET", "http", 200, "/items/<id>", None, "c1", None) is first
+    other = sets.get("GET", "http", 200, Route("/items/<id>"), None, "c1", None)
+    assert type(other["http.route"]) is Route
+    assert sets.get("GET", "http", 0, None, "OSError", None, "g") == {
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "error.type": "OSError",
+    }
+
+
+def test_a_copy_of_frozen_attributes_gets_the_sdks_key_and_equal_lookalikes_their_own() -> None:
+    fast_hash = flat_hash(SDK_HASH)
+    fast_clean = flat_clean(_clean_attribute_value)
+    frozen = fast_attributes.FrozenAttributes({"a": 1, "b": "x", "c": 2.5})
+    copy = dict(fast_clean(frozen, None))  # what the SDK hashes: a copy of the cleaned dict
+    assert fast_hash(copy) == SDK_HASH(dict(frozen))
+    assert fast_hash(dict(copy)) is fast_hash(copy), "computed once"
+    # Equal to it, but other objects of other types: each keeps its own key.
+    for lookalike in ({"a": True, "b": "x", "c": 2.5}, {"a": 1.0, "b": "x", "c": 2.5},
+                      {"a": 1, "b": Tier.GOLD, "c": 2.5}, {"a": 1, "b": "x", "d": 2.5}):
+        assert fast_hash(lookalike) == SDK_HASH(dict(lookalike)), lookalike
+    with pytest.raises(TypeError):
+        fast_attributes.FrozenAttributes({"a": Tier.GOLD})

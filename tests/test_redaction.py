@@ -728,3 +728,28 @@ def test_redacting_exporter_redacts_in_the_export_path() -> None:
     assert exported.attributes["http.request.header.authorization"] == ("[REDACTED]",)
     assert exported.attributes["http.route"] == "/x"
     provider.shutdown()
+
+
+@pytest.mark.parametrize("limits", [SpanLimits(), SpanLimits(max_span_attributes=2)])
+def test_the_exporter_sends_the_same_otlp_bytes_over_plain_attributes(limits: SpanLimits) -> None:
+    from otel_flask_metrics.redaction import _with_plain_attributes
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=limits)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("parent"):
+        span = tracer.start_span("GET /items", attributes={"http.request.method": "GET"})
+        span.set_attributes({"url.path": "/items/1", "http.response.status_code": 200, "n": 1.5})
+        span.add_event("e", {"k": "v"})
+        span.record_exception(ValueError("boom"))
+        span.set_status(Status(StatusCode.ERROR, "boom"))
+        span.end()
+    ended = exporter.get_finished_spans()[0]
+    plain = _with_plain_attributes(ended)
+    if limits.max_span_attributes == 2:
+        assert plain is ended, "dropped attributes keep their container"
+    else:
+        assert plain is not ended and type(dict(plain.attributes)) is dict
+    assert encode_spans([plain]).SerializeToString() == encode_spans([ended]).SerializeToString()
+    assert plain.to_json() == ended.to_json()
