@@ -732,7 +732,7 @@ def test_redacting_exporter_redacts_in_the_export_path() -> None:
 
 @pytest.mark.parametrize("limits", [SpanLimits(), SpanLimits(max_span_attributes=2)])
 def test_the_exporter_sends_the_same_otlp_bytes_over_plain_attributes(limits: SpanLimits) -> None:
-    from otel_flask_metrics.redaction import _with_plain_attributes
+    from otel_flask_metrics.redacting_processors import _with_plain_attributes
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(span_limits=limits)
