@@ -169,7 +169,7 @@ def build_jaeger() -> Path:
 
 
 def build_thanos() -> Path:
-    """The Thanos binary (receive, query) at the version compose.thanos.yaml pins, built and cached."""
+    """Thanos (receive, query) at the version compose.thanos.yaml pins, built and cached."""
     return Path(_run_build("build-thanos.sh", "Thanos", 3600))
 
 

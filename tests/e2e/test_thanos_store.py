@@ -31,17 +31,15 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from stack import LocalStack, app_service  # type: ignore[import-not-found]
+from stack_processes import LOOPBACK, build_thanos, free_port, wait_until  # type: ignore[import-not-found]
 
 from tests.e2e.test_stack import APPS, known_mix, send
 from tests.grafana import dashboard_queries as dq
-
-from stack import LocalStack, app_service  # type: ignore[import-not-found]
-from stack_processes import LOOPBACK, build_thanos, free_port, wait_until  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.e2e
 
@@ -76,11 +74,13 @@ def expand_recordings(expr: str) -> str | None:
     for _ in range(10):
         changed = False
         for name, definition in RECORDED.items():
-            pattern = re.compile(rf"(?<![\w:]){re.escape(name)}(?![\w:])(?P<after>\s*(?:[{{\[@]|offset\b)?)")
+            pattern = re.compile(
+                rf"(?<![\w:]){re.escape(name)}(?![\w:])(?P<after>\s*(?:[{{\[@]|offset\b)?)"
+            )
             for match in pattern.finditer(expr):
                 if match["after"].strip():
                     return None
-            new = pattern.sub(lambda m: f"({definition}){m['after']}", expr)
+            new = pattern.sub(lambda m, d=definition: f"({d}){m['after']}", expr)
             changed |= new != expr
             expr = new
         if not changed:
