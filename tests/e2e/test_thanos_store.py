@@ -18,6 +18,9 @@ replaced by their own expressions, so both sides compute it from the same raw
 series. What only Prometheus can hold is left out and listed: the series it
 scrapes itself (the uptime probes, ``up``, the Collector's own metrics),
 recordings read with matchers, ranges or ``offset``, and ``ALERTS``.
+
+The last test runs ``scripts/stack.py --store thanos`` as a user does and
+finds the demo's traffic through Thanos Query.
 """
 
 from __future__ import annotations
@@ -25,20 +28,33 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from stack import LocalStack, app_service  # type: ignore[import-not-found]
-from stack_processes import LOOPBACK, build_thanos, free_port, wait_until  # type: ignore[import-not-found]
+from stack_processes import (  # type: ignore[import-not-found]
+    LOOPBACK,
+    build_thanos,
+    free_port,
+    wait_until,
+)
 
-from tests.e2e.test_stack import APPS, known_mix, send
+from tests.e2e.test_stack import (  # noqa: F401 (run_stack is a fixture)
+    APPS,
+    StackRun,
+    known_mix,
+    run_stack,
+    send,
+)
 from tests.grafana import dashboard_queries as dq
 
 pytestmark = pytest.mark.e2e
@@ -269,3 +285,26 @@ def test_the_raw_series_are_the_same(stores: Stores) -> None:
     count, difference = _compare(stores, f'{{service_name="{SERVICE}", __name__!~".*:.*"}}')
     assert difference is None, difference
     assert count > 0
+
+
+def test_stack_script_store_thanos_fills_thanos_with_the_demo_traffic(
+    run_stack: Callable[..., StackRun],  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    run = run_stack("--store", "thanos", "--no-jaeger")
+    endpoints = run.endpoints()
+    query = endpoints["Thanos Query (PromQL)"]
+    assert {"Thanos Receive 1 remote write", "Thanos Receive 2 remote write"} <= set(endpoints)
+    promql = urllib.parse.urlencode(
+        {"query": 'sum(http_server_request_duration_seconds_count{service_name="demo-api"})'}
+    )
+
+    def counted() -> bool:
+        with urllib.request.urlopen(f"{query}/api/v1/query?{promql}", timeout=5) as response:
+            result = json.load(response)["data"]["result"]
+        return bool(result) and float(result[0]["value"][1]) > 0
+
+    wait_until(counted, 90, "the demo's requests in Thanos Query", 0.5)
+    assert run.stop(signal.SIGINT) == 0
+    for name in ("thanos-receive-1.log", "thanos-receive-2.log", "thanos-query.log"):
+        assert (tmp_path / "logs" / name).stat().st_size > 0, name
