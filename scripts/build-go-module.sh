@@ -3,7 +3,10 @@
 # proxy, inside the module itself (so its go.mod, replace directives included,
 # is the one that counts: `go install` refuses modules that have them), static
 # (CGO off) and -trimpath as release binaries are. Cached by name and version;
-# prints the binary's path.
+# prints the binary's path. GO_BUILD_TAGS (optional, comma-separated) is passed
+# to `go build -tags`, for modules whose release builds need tags; GOTOOLCHAIN
+# in the caller's environment reaches `go` as usual (a module that needs a newer
+# Go than the installed one: the proxy serves toolchains too).
 #
 #   bash scripts/build-go-module.sh MODULE VERSION PACKAGE NAME [LDFLAGS]
 #   bash scripts/build-go-module.sh github.com/prometheus/alertmanager v0.28.1 \
@@ -34,7 +37,9 @@ fi
 mkdir -p "$(dirname "$out")"
 (
   cd "$dir"
-  CGO_ENABLED=0 timeout 1800 go build -trimpath -ldflags "-s -w $ldflags" -o "$out.$$" "$package" >&2
+  tags=()
+  [ -z "${GO_BUILD_TAGS:-}" ] || tags=(-tags "$GO_BUILD_TAGS")
+  CGO_ENABLED=0 timeout 1800 go build "${tags[@]}" -trimpath -ldflags "-s -w $ldflags" -o "$out.$$" "$package" >&2
 )
 # Renamed into place, so an interrupted build never leaves a binary the check
 # above would take for a finished one.

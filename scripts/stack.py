@@ -51,6 +51,7 @@ from stack_processes import (
     Service,
     build_collector,
     build_jaeger,
+    build_thanos,
     build_victorialogs,
     find_binary,
     find_prometheus,
@@ -63,6 +64,10 @@ PROMETHEUS_DIR = ROOT / "prometheus"
 DEFAULT_LOG_DIR = ROOT / ".stack" / "logs"
 DEFAULT_JAEGER_DATA = ROOT / ".stack" / "jaeger-data"
 JAEGER_CONFIG = ROOT / "jaeger" / "jaeger-config.yaml"
+COLLECTOR_THANOS_LAYER = ROOT / "collector-config" / "thanos.yaml"
+# Two receivers in one hashring, replication factor 1: each series lives on
+# one receiver (the store scales by sharding), Thanos Query merges them.
+THANOS_RECEIVERS = 2
 
 # Layered over the shipped Collector config: traces also go to a file
 # (rotated, so a long run cannot fill the disk), readable without any tool;
@@ -107,6 +112,10 @@ class LocalStack:
         None runs no trace store (traces go only to :attr:`traces_path`).
     :param jaeger_data: Jaeger's Badger directory; ``work_dir/jaeger-data`` by
         default. A directory outside ``work_dir`` keeps the traces across runs.
+    :param thanos: the Thanos binary: runs two ``thanos receive`` in one
+        hashring and ``thanos query`` over them, and layers
+        collector-config/thanos.yaml so that the Collector remote-writes to
+        them as well as to Prometheus. None runs no Thanos.
     """
 
     def __init__(
@@ -123,6 +132,7 @@ class LocalStack:
         alertmanager_group_interval: str | None = None,
         jaeger: Path | None = None,
         jaeger_data: Path | None = None,
+        thanos: Path | None = None,
     ) -> None:
         self._owns_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="ofm-stack-"))
@@ -146,7 +156,19 @@ class LocalStack:
                 "jaeger_health", "jaeger_metrics", "victorialogs",
             )
         }
+        self.thanos_binary = thanos
+        # Each receiver: StoreAPI gRPC, HTTP (readiness), remote write, and the
+        # Cap'n Proto replication listener (0.0.0.0:19391 by default).
+        self.receiver_ports = [
+            {name: free_port() for name in ("grpc", "http", "remote_write", "capnproto")}
+            for _ in range(THANOS_RECEIVERS if thanos is not None else 0)
+        ]
+        self.ports.update(
+            {name: free_port() for name in ("thanos_query", "thanos_query_grpc")}
+            if thanos is not None else {}
+        )
         self.services: list[Service] = []
+        self.thanos_services: list[Service] = []
         self.collector: Service | None = None
         self.prometheus: Service | None = None
         self.jaeger: Service | None = None
@@ -163,6 +185,16 @@ class LocalStack:
     @property
     def prometheus_url(self) -> str:
         return f"http://{LOOPBACK}:{self.ports['prometheus']}"
+
+    @property
+    def thanos_query_url(self) -> str:
+        """Thanos Query's Prometheus HTTP API (PromQL over every receiver)."""
+        return f"http://{LOOPBACK}:{self.ports['thanos_query']}"
+
+    @property
+    def thanos_remote_write_url(self) -> str:
+        """Where the Collector remote-writes into the hashring (the first receiver)."""
+        return f"http://{LOOPBACK}:{self.receiver_ports[0]['remote_write']}/api/v1/receive"
 
     @property
     def alertmanager_url(self) -> str:
@@ -190,6 +222,13 @@ class LocalStack:
     def endpoints(self) -> list[tuple[str, str]]:
         """(service, address) for every endpoint the stack serves, as the README's port table."""
         rows = [("Prometheus", self.prometheus_url)]
+        if self.thanos_binary is not None:
+            rows.append(("Thanos Query (PromQL)", self.thanos_query_url))
+            rows += [
+                (f"Thanos Receive {number} remote write",
+                 f"http://{LOOPBACK}:{ports['remote_write']}/api/v1/receive")
+                for number, ports in enumerate(self.receiver_ports, 1)
+            ]
         if self.with_alertmanager:
             rows.append(("Alertmanager", self.alertmanager_url))
         rows.append(("Collector OTLP gRPC", self.otlp_grpc_endpoint))
@@ -218,6 +257,10 @@ class LocalStack:
             # this, but the shipped config must still resolve it.
             "TRACES_OTLP_ENDPOINT": f"{LOOPBACK}:{self.ports['jaeger_otlp_grpc']}",
             "OTELCOL_STACK_TRACES_FILE": str(self.traces_path),
+            # Read only when collector-config/thanos.yaml is layered.
+            "THANOS_REMOTE_WRITE_ENDPOINT": (
+                self.thanos_remote_write_url if self.receiver_ports else ""
+            ),
             "LOGS_OTLP_HTTP_ENDPOINT": (
                 f"{self.victorialogs_url}/insert/opentelemetry/v1/logs"
             ),
@@ -248,6 +291,50 @@ class LocalStack:
             env=self.jaeger_env(),
             ready_url=f"http://{LOOPBACK}:{self.ports['jaeger_health']}/status",
         )
+
+    def thanos_service_list(self) -> list[Service]:
+        """The receivers of one hashring, then Thanos Query over them."""
+        assert self.thanos_binary is not None
+        thanos = str(self.thanos_binary)
+        endpoints = [f"{LOOPBACK}:{ports['grpc']}" for ports in self.receiver_ports]
+        hashrings = self.work_dir / "thanos-hashrings.json"
+        hashrings.write_text(json.dumps([{"hashring": "default", "endpoints": endpoints}]))
+        services = []
+        for number, ports in enumerate(self.receiver_ports, 1):
+            services.append(Service(
+                f"thanos-receive-{number}",
+                [
+                    thanos, "receive",
+                    f"--tsdb.path={self.work_dir / f'thanos-receive-{number}'}",
+                    f"--grpc-address={LOOPBACK}:{ports['grpc']}",
+                    f"--http-address={LOOPBACK}:{ports['http']}",
+                    f"--remote-write.address={LOOPBACK}:{ports['remote_write']}",
+                    f"--receive.capnproto-address={LOOPBACK}:{ports['capnproto']}",
+                    f"--receive.hashrings-file={hashrings}",
+                    f"--receive.local-endpoint={LOOPBACK}:{ports['grpc']}",
+                    "--receive.replication-factor=1",
+                    f'--label=receive_replica="{number}"',
+                ],
+                self.log_dir,
+                ready_url=f"http://{LOOPBACK}:{ports['http']}/-/ready",
+            ))
+        services.append(Service(
+            "thanos-query",
+            [
+                thanos, "query",
+                f"--http-address={LOOPBACK}:{self.ports['thanos_query']}",
+                f"--grpc-address={LOOPBACK}:{self.ports['thanos_query_grpc']}",
+                *[f"--endpoint={endpoint}" for endpoint in endpoints],
+                # The labels each receiver adds to every series (its own and
+                # the tenant's) are dropped from answers, so that a query
+                # returns the series the Collector wrote, as Prometheus does.
+                "--query.replica-label=receive_replica",
+                "--query.replica-label=tenant_id",
+            ],
+            self.log_dir,
+            ready_url=f"{self.thanos_query_url}/-/ready",
+        ))
+        return services
 
     def prometheus_config(self) -> Path:
         """The shipped prometheus.yml with only its target addresses rewritten.
@@ -362,12 +449,18 @@ class LocalStack:
         if self.jaeger_binary is not None:
             self.jaeger = self.jaeger_service().start()
             self.services.append(self.jaeger)
+        if self.thanos_binary is not None:
+            self.thanos_services = self.thanos_service_list()
+            for service in self.thanos_services:
+                self.services.append(service.start())
         exporters = ["file/stack-traces", "debug"]
         if self.jaeger_binary is not None:
             exporters.insert(0, "otlp_grpc/traces")
         traces_to_file = self.work_dir / "collector-traces-to-file.yaml"
         traces_to_file.write_text(TRACES_TO_FILE % ", ".join(exporters))
         argv = [str(collector_binary), f"--config={COLLECTOR_CONFIG}", f"--config={traces_to_file}"]
+        if self.thanos_binary is not None:
+            argv.append(f"--config={COLLECTOR_THANOS_LAYER}")
         argv += [f"--config={path}" for path in self.extra_collector_configs]
         self.collector = Service(
             "otel-collector",
@@ -443,6 +536,7 @@ RUN_LOGS = (
     "prometheus.log", "alertmanager.log", "otel-collector.log", "alert-webhook.log",
     "blackbox-exporter.log", "jaeger.log", "victorialogs.log",
     "demo-api.log", "traffic.log", "traces.jsonl",
+    "thanos-receive-1.log", "thanos-receive-2.log", "thanos-query.log",
 )
 
 
@@ -496,6 +590,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"{DEFAULT_JAEGER_DATA.relative_to(ROOT)}/ in the repository)",
     )
     parser.add_argument(
+        "--store", choices=("prometheus", "thanos"), default="prometheus",
+        help="thanos: also run two Thanos receivers in one hashring and Thanos Query over "
+        "them (built by scripts/build-thanos.sh), written to beside Prometheus",
+    )
+    parser.add_argument(
         "--logs", type=Path, default=DEFAULT_LOG_DIR, metavar="DIR",
         help="where the logs and traces go, kept after the stack stops and replaced by "
         f"the next run (default: {DEFAULT_LOG_DIR.relative_to(ROOT)}/ in the repository)",
@@ -534,6 +633,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_jaeger:
         print("building/locating Jaeger ...", flush=True)
         jaeger = build_jaeger()
+    thanos = None
+    if args.store == "thanos":
+        print("building/locating Thanos ...", flush=True)
+        thanos = build_thanos()
     webhook_port = free_port()
     demo_port = args.demo_port or free_port()
     demo_health = f"http://{LOOPBACK}:{demo_port}/health"
@@ -544,6 +647,7 @@ def run(args: argparse.Namespace) -> int:
         probe_urls=[demo_health, *args.probe] if demo else args.probe,
         jaeger=jaeger,
         jaeger_data=args.jaeger_data.resolve(),
+        thanos=thanos,
     )
     try:
         stack.start(collector)

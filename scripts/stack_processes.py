@@ -168,6 +168,11 @@ def build_jaeger() -> Path:
     return Path(_run_build("build-jaeger.sh", "Jaeger", 3600)) / "jaeger"
 
 
+def build_thanos() -> Path:
+    """Thanos (receive, query) at the version compose.thanos.yaml pins, built and cached."""
+    return Path(_run_build("build-thanos.sh", "Thanos", 3600))
+
+
 def find_binary(*names: str) -> str:
     for name in names:
         path = shutil.which(name)

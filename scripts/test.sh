@@ -12,6 +12,8 @@
 #   - VictoriaLogs (the log store) at the version compose.yaml pins, likewise
 #   - Jaeger at the version compose.yaml pins, built from the Go module proxy
 #     (cached by version; scripts/stack.py runs it too)
+#   - Thanos (receive, query) at the version compose.thanos.yaml pins, built from
+#     the Go module proxy with upstream's build tags (cached by version)
 #   - Prometheus and promtool at the version compose.yaml pins, built from the
 #     Go module proxy (cached by version) and put first on PATH; Debian's
 #     Prometheus 2.42 is only a fallback for scripts/stack.py
@@ -67,6 +69,10 @@ victorialogs_bin=$(bash scripts/build-victorialogs.sh)
 step "Jaeger (the version compose.yaml pins)"
 jaeger_bin=$(bash scripts/build-jaeger.sh)
 "$jaeger_bin/jaeger" --version 2>/dev/null | head -n 1
+
+step "Thanos (the version compose.thanos.yaml pins; tests/e2e/test_thanos_store.py)"
+thanos=$(bash scripts/build-thanos.sh)
+"$thanos" --version 2>&1 | head -n 1
 
 step "Prometheus (the version compose.yaml pins)"
 prometheus_bin=$(bash scripts/build-prometheus.sh)
