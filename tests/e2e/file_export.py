@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stack import LocalStack  # type: ignore[import-not-found]
+from local_stack import LocalStack  # type: ignore[import-not-found]
 
 FILE_EXPORT_CONFIG = Path(__file__).resolve().with_name("collector-file-export.yaml")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stack import LocalStack  # type: ignore[import-not-found]
+from local_stack import LocalStack  # type: ignore[import-not-found]
 from stack_processes import LOOPBACK, wait_until  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from stack import LocalStack, app_service  # type: ignore[import-not-found]
+from local_stack import LocalStack, app_service  # type: ignore[import-not-found]
 from stack_processes import LOOPBACK, free_port, wait_until  # type: ignore[import-not-found]
 
 from tests.grafana import dashboard_queries as dq

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from stack import LocalStack, app_service  # type: ignore[import-not-found]
+from local_stack import LocalStack, app_service  # type: ignore[import-not-found]
 from stack_processes import (  # type: ignore[import-not-found]
     LOOPBACK,
     ROOT,

@@ -45,7 +45,7 @@ from otel_flask_metrics.redaction import pseudonymize
 from tests.e2e.file_export import exported_spans, file_export_stack
 from tests.grafana import dashboard_queries as dq
 
-from stack import LocalStack, app_service  # type: ignore[import-not-found]
+from local_stack import LocalStack, app_service  # type: ignore[import-not-found]
 from stack_processes import (  # type: ignore[import-not-found]
     LOOPBACK,
     ROOT,

@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 import yaml
-from stack import LocalStack, app_service  # type: ignore[import-not-found]
+from local_stack import LocalStack, app_service  # type: ignore[import-not-found]
 from stack_processes import (  # type: ignore[import-not-found]
     LOOPBACK,
     build_thanos,

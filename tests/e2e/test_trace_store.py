@@ -21,7 +21,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from stack import LocalStack  # type: ignore[import-not-found]
+from local_stack import LocalStack  # type: ignore[import-not-found]
 from stack_processes import build_jaeger, wait_until  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.e2e

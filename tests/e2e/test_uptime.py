@@ -32,7 +32,7 @@ import pytest
 # The alert receiver test_alerting.py uses: a real HTTP server on loopback.
 from tests.e2e.test_alerting import Webhook
 
-from stack import LocalStack, app_service  # type: ignore[import-not-found]
+from local_stack import LocalStack, app_service  # type: ignore[import-not-found]
 from stack_processes import LOOPBACK, ROOT, free_port, wait_until  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.e2e
