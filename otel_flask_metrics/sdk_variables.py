@@ -13,6 +13,7 @@ and the line says what that is.
 from __future__ import annotations
 
 import math
+import urllib.parse
 from collections.abc import Mapping
 
 from .config import ConfigProblem
@@ -50,6 +51,7 @@ def sdk_variable_problems(env: Mapping[str, str]) -> list[ConfigProblem]:
         if name in env and (problem := _number_problem(name, env[name], kind, fallback))
     ]
     problems.extend(_sampler_problems(env))
+    problems.extend(_endpoint_problems(env))
     return problems
 
 
@@ -91,6 +93,35 @@ def _sampler_problems(env: Mapping[str, str]) -> list[ConfigProblem]:
                     "OTEL_TRACES_SAMPLER_ARG",
                     arg,
                     "expected a ratio from 0 to 1; the SDK samples every trace (ratio 1.0) instead",
+                )
+            )
+    return problems
+
+
+def _endpoint_problems(env: Mapping[str, str]) -> list[ConfigProblem]:
+    """OTLP/HTTP endpoints that are no http(s) URL: every export to them fails.
+
+    Only where the protocol in force is http/protobuf (the default): the gRPC
+    exporter also takes a bare ``host:port``.
+    """
+    general_protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip()
+    checks = [("OTEL_EXPORTER_OTLP_ENDPOINT", general_protocol)]
+    for signal in ("TRACES", "METRICS", "LOGS"):
+        protocol = env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "").strip()
+        checks.append((f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", protocol or general_protocol))
+    problems = []
+    for name, protocol in checks:
+        raw = env.get(name, "")
+        if not raw.strip() or protocol == "grpc":
+            continue
+        url = urllib.parse.urlsplit(raw.strip())
+        if url.scheme.lower() not in ("http", "https") or not url.hostname:
+            problems.append(
+                ConfigProblem(
+                    name,
+                    raw,
+                    "expected an http:// or https:// URL (e.g. http://collector:4318); "
+                    "every OTLP/HTTP export to it fails until then",
                 )
             )
     return problems

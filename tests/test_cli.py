@@ -228,6 +228,10 @@ def test_unknown_variable_exits_1_with_suggestion(
         ("OTEL_BLRP_SCHEDULE_DELAY", "-5", "expected a positive number of milliseconds"),
         ("OTEL_TRACES_SAMPLER", "bogus", "unknown sampler; accepted: always_on"),
         ("OTEL_TRACES_SAMPLER_ARG", "1.5", "expected a ratio from 0 to 1"),
+        # Found by a new-user trial: `check` said "configuration OK" for these.
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318", "expected an http:// or https:// URL"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318/v1/traces", "expected an http://"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://", "expected an http:// or https://"),
     ],
 )
 def test_bad_standard_variable_exits_1(
@@ -254,6 +258,10 @@ def test_bad_standard_variable_exits_1(
         {"OTEL_TRACES_SAMPLER": "ParentBased_TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0"},
         # The arg of a sampler that takes none is not read: no problem.
         {"OTEL_TRACES_SAMPLER": "always_on", "OTEL_TRACES_SAMPLER_ARG": "abc"},
+        # An https endpoint; and a bare host:port where gRPC (which takes it) is in force.
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector:4318/v1/traces"},
+        {"OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "c:4317",
+         "OTEL_LOGS_EXPORTER": "none"},
     ],
 )
 def test_good_sdk_variables_pass(
