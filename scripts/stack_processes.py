@@ -36,11 +36,25 @@ class MissingTool(FileNotFoundError):
     """A program the stack needs is not there; the message (one line) says how to get it."""
 
 
+#: Ports free_port() has handed out in this process.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback that nothing listens on right now, never one handed out before.
+
+    The kernel may give the same ephemeral port to two binds in a row once the
+    first socket is closed. Two servers told to use it then share one port: the
+    second retries its bind while the first answers its readiness check (a CI
+    run failed so).
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
