@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, TypeVar
 
-from .log_console import reaches_a_console
+from .log_console import warnings_reach_a_console
 
 _logger = logging.getLogger(__name__)
 
@@ -495,7 +495,7 @@ def report_problems(problems: list[ConfigProblem]) -> None:
         if problem not in _reported:
             _reported.add(problem)
             _logger.warning("otel-flask-metrics configuration: %s", problem)
-            if not reaches_a_console(_logger):
+            if not warnings_reach_a_console(_logger):
                 # Only OpenTelemetry's handler would see it (it is on the root
                 # logger, so Python's last-resort stderr output no longer
                 # runs): the person starting the app must still read it.

@@ -33,6 +33,7 @@ from . import export_transport, log_throttle
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import DEFAULT_HASH_KEY
 from .fork_safety import ForkSafeMetricReader, fork_safe_provider
+from .log_console import show_what_the_console_would
 from .process_metrics import ProcessMetrics
 from .redaction import (
     RedactingLogRecordProcessor,
@@ -126,6 +127,8 @@ class FlaskMetricsDistro(BaseDistro):  # type: ignore[misc]  # untyped base clas
             # stderr output for nothing: no log is exported.
             return
         super().load_instrumentor(entry_point, **kwargs)
+        if entry_point.name == "logging":
+            _show_what_the_console_would()
 
 
 def _logging_instrumentor_wanted(env: Mapping[str, str]) -> bool:
@@ -328,6 +331,14 @@ def _setup_logging(
         LoggingInstrumentor().instrument(
             log_handler_level=handler_level(env, problems)
         )
+        _show_what_the_console_would()
+
+
+def _show_what_the_console_would() -> None:
+    """The console lines that the logging instrumentor's root handler would stop."""
+    from opentelemetry.instrumentation.logging import LoggingInstrumentor
+
+    show_what_the_console_would(LoggingInstrumentor._logging_handler)
 
 
 def handler_level(env: Mapping[str, str], problems: list[ConfigProblem]) -> int:

@@ -475,3 +475,74 @@ def test_the_handler_level_is_read_as_the_instrumentor_reads_it(raw: str, level:
     problems: list[Any] = []
     assert handler_level({"OTEL_PYTHON_LOG_HANDLER_LEVEL": raw}, problems) == level
     assert problems == []
+
+
+#: Logs exported to a closed port, given up on after a second (the exit flush retries until then).
+QUICK_TO_FAIL = {**LOGS_TO_A_CLOSED_PORT, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+
+
+@pytest.mark.parametrize("launcher", [True, False], ids=["opentelemetry-instrument", "configure()"])
+def test_a_library_warning_still_reaches_the_console_with_logs_exported(launcher: bool) -> None:
+    """Python's last-resort output, which OpenTelemetry's root handler stops, is shown as before."""
+    setup = "" if launcher else "import otel_flask_metrics; otel_flask_metrics.configure()"
+    code = f"""
+        import json, logging
+        {setup}
+        logging.getLogger("somelib").warning("a library warning")
+        logging.getLogger("somelib").info("an info line Python would not show")
+        logging.basicConfig(format="root: %(message)s")
+        logging.getLogger("somelib").warning("after basicConfig")
+        print(json.dumps({{"status": 0}}))
+    """
+    result = _run(code, QUICK_TO_FAIL, instrument=launcher)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines.count("a library warning") == 1, result.stderr
+    assert "an info line Python would not show" not in result.stderr
+    # Once the app configures logging, its own handler shows the line, once.
+    assert result.stderr.count("after basicConfig") == 1, result.stderr
+    assert "root: after basicConfig" in lines
+
+
+def test_werkzeugs_lines_still_reach_the_console_with_logs_exported() -> None:
+    """Werkzeug adds its console handler only when no handler at its level exists."""
+    code = """
+        import json
+        from werkzeug._internal import _log
+        _log("info", " * Running on http://127.0.0.1:1")
+        print(json.dumps({"status": 0}))
+    """
+    result = _run(code, QUICK_TO_FAIL, instrument=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines().count(" * Running on http://127.0.0.1:1") == 1, result.stderr
+
+
+def test_a_failed_export_is_reported_on_the_console() -> None:
+    """With no Collector listening, the exporter's warning is what tells the user."""
+    code = """
+        import json
+        from opentelemetry import trace
+        with trace.get_tracer("probe").start_as_current_span("work"):
+            pass
+        trace.get_tracer_provider().force_flush(20_000)
+        print(json.dumps({"status": 0}))
+    """
+    env = {**QUICK_TO_FAIL, "OTEL_TRACES_EXPORTER": "otlp"}
+    result = _run(code, env, instrument=True)
+    assert result.returncode == 0, result.stderr
+    # "Transient error … retrying", or at the deadline "Failed to export spans batch …".
+    assert "spans batch" in result.stderr, result.stderr
+
+
+def test_a_bad_variable_is_one_line_with_logs_exported() -> None:
+    code = """
+        import json
+        import otel_flask_metrics
+        otel_flask_metrics.configure()
+        print(json.dumps({"status": 0}))
+    """
+    env = {**QUICK_TO_FAIL, "OTEL_FLASK_METRICS_MAX_CONSUMERS": "lots"}
+    result = _run(code, env)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "OTEL_FLASK_METRICS_MAX_CONSUMERS" in line]
+    assert len(lines) == 1, result.stderr
