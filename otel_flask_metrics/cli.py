@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
@@ -25,6 +26,7 @@ from .distro import (
     load_exporters,
     otlp_protocol_variables,
 )
+from .export_transport import applicable_proxy
 from .sdk_variables import sdk_variable_problems
 from .version import __version__
 
@@ -173,16 +175,38 @@ def _print_endpoint_status(env: Mapping[str, str]) -> bool:
     probe = urllib.request.Request(
         url, data=b"", method="POST", headers={"Content-Type": "application/x-protobuf"}
     )
+    # Through the proxy the exporters would use, and said so: a proxy that
+    # cannot reach the Collector is the usual reason behind "does not answer".
+    proxy = applicable_proxy(url, env)
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({scheme: proxy[1]} if proxy else {})
+    )
+    via = f" through the proxy in {proxy[0]} ({_without_credentials(proxy[1])})" if proxy else ""
     try:
-        with urllib.request.urlopen(probe, timeout=_ENDPOINT_TIMEOUT) as response:
-            print(f"OTLP endpoint: {url} answers (HTTP {response.status})")
+        with opener.open(probe, timeout=_ENDPOINT_TIMEOUT) as response:
+            print(f"OTLP endpoint: {url} answers{via} (HTTP {response.status})")
             return True
     except urllib.error.HTTPError as exc:
-        print(f"OTLP endpoint: {url} answers with HTTP {exc.code}")
+        print(f"OTLP endpoint: {url} answers{via} with HTTP {exc.code}")
         return exc.code < 500
     except (OSError, ValueError) as exc:
-        print(f"OTLP endpoint: {url} does not answer ({exc})")
+        hint = ""
+        if proxy:
+            host = urllib.parse.urlsplit(url).hostname
+            hint = f"; to send to it directly, add {host} to NO_PROXY"
+        print(f"OTLP endpoint: {url} does not answer{via} ({exc}){hint}")
         return False
+
+
+def _without_credentials(proxy: str) -> str:
+    """A proxy URL fit to print: its user and password, if any, replaced."""
+    parts = urllib.parse.urlsplit(proxy)
+    if parts.username is None and parts.password is None:
+        return proxy
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 if __name__ == "__main__":

@@ -51,18 +51,36 @@ def urllib3_sends_the_same(signal: str, env: Mapping[str, str]) -> bool:
         for name, value in env.items()
     ):
         return False
-    url = urllib.parse.urlsplit(signal_endpoint(signal, env).strip())
+    endpoint = signal_endpoint(signal, env)
+    url = urllib.parse.urlsplit(endpoint.strip())
     if url.scheme.lower() != "http" or not url.hostname:
         return False
-    proxies = {
-        scheme: proxy
+    return applicable_proxy(endpoint, env) is None
+
+
+def applicable_proxy(endpoint: str, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The proxy variable ``requests`` would send to ``endpoint`` through: (name, value).
+
+    ``HTTP_PROXY`` (any case) or ``ALL_PROXY`` for an ``http://`` endpoint,
+    ``HTTPS_PROXY`` or ``ALL_PROXY`` for ``https://``, unless ``NO_PROXY``
+    names its host.
+    """
+    url = urllib.parse.urlsplit(endpoint.strip())
+    scheme = url.scheme.lower()
+    if scheme not in ("http", "https") or not url.hostname:
+        return None
+    proxies = sorted(
+        (_proxy_scheme(name) != scheme, name, proxy)  # the scheme's own variable first
         for name, proxy in env.items()
-        if proxy and (scheme := _proxy_scheme(name)) in ("http", "all")
-    }
+        if proxy and _proxy_scheme(name) in (scheme, "all")
+    )
     if not proxies:
-        return True
+        return None
     no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
-    return _bypassed(url.hostname, url.port, no_proxy)
+    if _bypassed(url.hostname, url.port, no_proxy):
+        return None
+    _, name, proxy = proxies[0]
+    return name, proxy
 
 
 def _proxy_scheme(name: str) -> str | None:

@@ -10,9 +10,9 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -602,3 +602,42 @@ def test_an_sdk_the_fast_path_does_not_know_is_a_note_not_a_problem(
             fast_attributes.install()
     assert code == 0, output
     assert "note: SDK fast path: this SDK's attribute handling is not the one" in output
+
+
+def test_the_probe_goes_through_the_proxy_the_exporters_would_use_and_says_so(
+    capsys: pytest.CaptureFixture[str], collector: Collector
+) -> None:
+    # The fixture stands in for the proxy: it records the absolute URL it is asked for.
+    endpoint = "http://collector.invalid:4318"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "HTTP_PROXY": collector.url}
+    code, output = check(capsys, env)
+    assert code == 0, output
+    assert [path for _, path, _ in collector.requests] == [f"{endpoint}/v1/metrics"]
+    assert f"answers through the proxy in HTTP_PROXY ({collector.url}) with HTTP 404" in output
+
+
+def test_a_proxy_that_does_not_answer_is_named_with_the_way_around_it(
+    capsys: pytest.CaptureFixture[str], closed_port: int
+) -> None:
+    proxy = f"http://user:s3cret@127.0.0.1:{closed_port}"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4318", "http_proxy": proxy}
+    code, output = check(capsys, env, require_endpoint=True)
+    assert code == 1
+    line = next(line for line in output.splitlines() if line.startswith("OTLP endpoint:"))
+    shown = f"http://***@127.0.0.1:{closed_port}"
+    assert f"does not answer through the proxy in http_proxy ({shown})" in line
+    assert line.endswith("; to send to it directly, add otel-collector to NO_PROXY")
+    assert "s3cret" not in output
+
+
+def test_no_proxy_sends_the_probe_directly(
+    capsys: pytest.CaptureFixture[str], collector: Collector, closed_port: int
+) -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+        "HTTP_PROXY": f"http://127.0.0.1:{closed_port}",
+        "NO_PROXY": "127.0.0.1",
+    }
+    code, output = check(capsys, env, require_endpoint=True)
+    assert code == 0, output
+    assert f"OTLP endpoint: {collector.url}/v1/metrics answers (HTTP 200)" in output

@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
-from otel_flask_metrics.export_transport import build_exporter, urllib3_sends_the_same
+from otel_flask_metrics.export_transport import (
+    applicable_proxy,
+    build_exporter,
+    urllib3_sends_the_same,
+)
 from tests.e2e.otlp_sink import OtlpSink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,3 +125,24 @@ def test_behind_a_proxy_variable_the_exporters_keep_requests() -> None:
             "http://collector.invalid:4318", HTTP_PROXY=sink.endpoint, NO_PROXY=""
         )
         assert seen == {"requests": True}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "env", "expected"),
+    [
+        (
+            "http://c:4318",
+            {"ALL_PROXY": "http://a:1", "HTTP_PROXY": "http://h:1"},
+            ("HTTP_PROXY", "http://h:1"),
+        ),
+        ("http://c:4318", {"ALL_PROXY": "http://a:1"}, ("ALL_PROXY", "http://a:1")),
+        ("http://c:4318", {"HTTPS_PROXY": "http://s:1"}, None),
+        ("https://c:4318", {"HTTPS_PROXY": "http://s:1"}, ("HTTPS_PROXY", "http://s:1")),
+        ("https://c:4318", {"HTTPS_PROXY": "http://s:1", "NO_PROXY": "c"}, None),
+        ("grpc://c:4317", {"ALL_PROXY": "http://a:1"}, None),
+    ],
+)
+def test_the_proxy_a_request_to_the_endpoint_goes_through(
+    endpoint: str, env: dict[str, str], expected: tuple[str, str] | None
+) -> None:
+    assert applicable_proxy(endpoint, env) == expected
