@@ -13,10 +13,16 @@ HTTP metric attributes are flat: ``str`` keys and ``str``/``int``/``float``/
 ``bool`` values. For exactly that shape the functions below compute the same
 result in one loop; anything else goes to the SDK's own function, unchanged.
 
-They replace the SDK's two module-level names only if the SDK still has them
-and, on a set of probe inputs, both give results equal to the originals. An SDK
-whose key format changed is left alone. The patch belongs upstream; until it
-is there, ``OTEL_FLASK_METRICS_SDK_FAST_PATH=false`` turns it off.
+Span attributes go through the same cleaning function (``BoundedAttributes``
+in the API calls it on every ``set_attributes``), with tuples of ``str``
+(captured headers, content type) beside the flat values: the same copy serves
+them. The OTLP encoder's attribute encoding is memoised too
+(:mod:`.span_encoding`).
+
+They replace the SDK's module-level names only if the SDK still has them
+and, on a set of probe inputs, each gives results equal to the original's. An
+SDK whose key format changed is left alone. The patch belongs upstream; until
+it is there, ``OTEL_FLASK_METRICS_SDK_FAST_PATH=false`` turns it off.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from . import span_encoding
+
 _logger = logging.getLogger(__name__)
 
 # Exact types: a subclass (an IntEnum, a str Enum) takes the SDK's path, which
@@ -35,6 +43,16 @@ _FLAT_TYPES = frozenset((str, int, float, bool))
 # Their names, as the SDK's key spells them: ``type(v).__name__`` builds a new
 # string on every call for a built-in type, a lookup here does not.
 _FLAT_TYPE_NAMES = {kind: kind.__name__ for kind in _FLAT_TYPES}
+
+
+def _is_str_tuple(item: Any) -> bool:
+    """A tuple of exact ``str``: span attributes such as captured headers; the SDK copies it."""
+    if type(item) is not tuple:
+        return False
+    for element in item:
+        if type(element) is not str:
+            return False
+    return True
 
 
 def _is_flat(attributes: dict[str, Any]) -> bool:
@@ -84,7 +102,11 @@ _PROBES: tuple[dict[str, Any], ...] = (
     FrozenAttributes({"http.request.method": "POST", "http.response.status_code": 201}),
 )
 
-
+# What a server span's attributes hold beyond the metric ones.
+_SPAN_PROBES: tuple[dict[str, Any], ...] = (
+    {"http.response.header.content-type": ("application/json",), "url.path": "/items/1"},
+    {"http.request.header.x-forwarded-for": ("a", "b"), "empty": ()},
+)
 
 # The FrozenAttributes the fast path cleaned last (any thread): the dict the
 # SDK hashes next is usually a copy of it.
@@ -121,32 +143,45 @@ def available() -> bool:
 def _plan() -> dict[str, tuple[ModuleType, str, Callable[..., Any], Callable[..., Any]]] | None:
     """The two replacements, or None when the SDK is not the one they were checked on."""
     try:
+        from opentelemetry import attributes
         from opentelemetry.sdk.metrics._internal import _view_instrument_match, measurement
     except ImportError:
         return None
     original_hash = getattr(_view_instrument_match, "_hash_attributes", None)
     original_clean = getattr(measurement, "_clean_attribute_value", None)
-    if not callable(original_hash) or not callable(original_clean):
+    # The same function, as span attributes (BoundedAttributes) call it.
+    original_span_clean = getattr(attributes, "_clean_attribute_value", None)
+    if not (callable(original_hash) and callable(original_clean) and callable(original_span_clean)):
         _logger.debug("otel-flask-metrics: this SDK has no attribute hashing to speed up")
         return None
     fast_hash = flat_hash(original_hash)
     fast_clean = flat_clean(original_clean)
+    fast_span_clean = flat_clean(original_span_clean)
     try:
         agrees = all(
             fast_hash(dict(p)) == original_hash(dict(p))
             and fast_clean(p, None) == original_clean(p, None)
             and type(fast_clean(p, None)) is type(original_clean(p, None))
             for p in _PROBES
+        ) and all(
+            fast_span_clean(p, None) == original_span_clean(p, None)
+            and type(fast_span_clean(p, None)) is type(original_span_clean(p, None))
+            for p in (*_PROBES, *_SPAN_PROBES)
         )
     except Exception:
         agrees = False
     if not agrees:
         _logger.debug("otel-flask-metrics: the SDK's attribute handling changed; keeping it")
         return None
-    return {
+    replacements: dict[str, tuple[ModuleType, str, Callable[..., Any], Callable[..., Any]]] = {
         "hash": (_view_instrument_match, "_hash_attributes", original_hash, fast_hash),
         "clean": (measurement, "_clean_attribute_value", original_clean, fast_clean),
+        "span clean": (attributes, "_clean_attribute_value", original_span_clean, fast_span_clean),
     }
+    encoding = span_encoding.plan()
+    if encoding is not None:
+        replacements["span encoding"] = encoding
+    return replacements
 
 
 def uninstall() -> None:
@@ -206,6 +241,7 @@ def flat_hash(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             return flat_key(value)
         return original(value)
 
+    hash_attributes.__wrapped__ = original  # type: ignore[attr-defined]
     return hash_attributes
 
 
@@ -223,9 +259,12 @@ def flat_clean(original: Callable[[Any, int | None], Any]) -> Callable[[Any, int
             return dict(value)  # checked when it was made, unchanged since
         if type(value) is dict and max_string_value_length is None:
             for key, item in value.items():
-                if type(item) not in _FLAT_TYPES or type(key) is not str or not key:
+                if type(key) is not str or not key:
+                    return original(value, max_string_value_length)
+                if type(item) not in _FLAT_TYPES and not _is_str_tuple(item):
                     return original(value, max_string_value_length)
             return dict(value)
         return original(value, max_string_value_length)
 
+    clean_attribute_value.__wrapped__ = original  # type: ignore[attr-defined]
     return clean_attribute_value

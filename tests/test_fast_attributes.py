@@ -7,15 +7,25 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from opentelemetry.attributes import _clean_attribute_value
+from opentelemetry import attributes as api_attributes
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics._internal import _view_instrument_match, measurement
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_flask_metrics import FlaskMetrics, fast_attributes
 from otel_flask_metrics.fast_attributes import flat_clean, flat_hash
 
-SDK_HASH = _view_instrument_match._hash_attributes
+
+def _sdks(function: Any) -> Any:
+    """The SDK's own function, even if an earlier test left the fast path installed."""
+    return getattr(function, "__wrapped__", function)
+
+
+SDK_HASH = _sdks(_view_instrument_match._hash_attributes)
+_clean_attribute_value = _sdks(api_attributes._clean_attribute_value)
 
 
 class Plan(enum.IntEnum):
@@ -41,7 +51,8 @@ def _values(rng: random.Random) -> Any:
     return rng.choice(
         [
             "GET", "", "é/ü", 0, 1, 200, -3, 1.0, 0.5, float("inf"), True, False,
-            None, b"bytes", ("a", "b"), [1, 2], (True, 1, 1.0), Plan.FREE, Tier.GOLD,
+            None, b"bytes", ("a", "b"), ("",), (), [1, 2], (True, 1, 1.0), ("a", 1),
+            (Tier.GOLD,), Plan.FREE, Tier.GOLD,
             {"nested": "map"},
         ]
     )
@@ -93,9 +104,11 @@ def test_install_replaces_and_uninstall_restores(sdk_functions: None) -> None:
     assert fast_attributes.install(), "idempotent"
     assert _view_instrument_match._hash_attributes is not SDK_HASH
     assert measurement._clean_attribute_value is not _clean_attribute_value
+    assert api_attributes._clean_attribute_value is not _clean_attribute_value
     fast_attributes.uninstall()
     assert _view_instrument_match._hash_attributes is SDK_HASH
     assert measurement._clean_attribute_value is _clean_attribute_value
+    assert api_attributes._clean_attribute_value is _clean_attribute_value
 
 
 def test_an_sdk_with_another_key_format_is_left_alone(
@@ -219,3 +232,34 @@ def test_a_copy_of_frozen_attributes_gets_the_sdks_key_and_equal_lookalikes_thei
         assert fast_hash(lookalike) == SDK_HASH(dict(lookalike)), lookalike
     with pytest.raises(TypeError):
         fast_attributes.FrozenAttributes({"a": Tier.GOLD})
+
+
+def _span_attributes(fast: bool, limits: SpanLimits | None = None) -> list[Any]:
+    """Every span's attributes and dropped count, the dicts set at start and afterwards."""
+    if fast:
+        fast_attributes.install()
+    else:
+        fast_attributes.uninstall()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=limits)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    dicts = _attribute_dicts()
+    for start, later in zip(dicts[::2], dicts[1::2], strict=False):
+        span = tracer.start_span("s", attributes=start)
+        span.set_attributes(later)
+        span.end()
+    return [
+        (list(s.attributes.items()), s.dropped_attributes) for s in exporter.get_finished_spans()
+    ]
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [None, SpanLimits(max_span_attributes=3), SpanLimits(max_span_attribute_length=2)],
+    ids=["default limits", "3 attributes", "values of 2 characters"],
+)
+def test_spans_get_exactly_the_same_attributes_with_the_fast_path(
+    sdk_functions: None, limits: SpanLimits | None
+) -> None:
+    assert _span_attributes(True, limits) == _span_attributes(False, limits)
