@@ -17,7 +17,7 @@ Span attributes go through the same cleaning function (``BoundedAttributes``
 in the API calls it on every ``set_attributes``), with tuples of ``str``
 (captured headers, content type) beside the flat values: the same copy serves
 them. The OTLP encoder's attribute encoding is memoised too
-(:mod:`.span_encoding`).
+(:mod:`.attribute_encoding`), span and metric attributes alike.
 
 They replace the SDK's module-level names only if the SDK still has them
 and, on a set of probe inputs, each gives results equal to the original's. An
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from . import span_encoding
+from . import attribute_encoding
 
 _logger = logging.getLogger(__name__)
 
@@ -178,9 +178,8 @@ def _plan() -> dict[str, tuple[ModuleType, str, Callable[..., Any], Callable[...
         "clean": (measurement, "_clean_attribute_value", original_clean, fast_clean),
         "span clean": (attributes, "_clean_attribute_value", original_span_clean, fast_span_clean),
     }
-    encoding = span_encoding.plan()
-    if encoding is not None:
-        replacements["span encoding"] = encoding
+    for module, name, original, fast in attribute_encoding.plan():
+        replacements[f"{module.__name__} encoding"] = (module, name, original, fast)
     return replacements
 
 
