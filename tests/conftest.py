@@ -83,3 +83,16 @@ def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
                 if metric.name == name:
                     points.extend(metric.data.data_points)
     return points
+
+
+@pytest.fixture
+def sdk_functions() -> Iterator[None]:
+    """The SDK's own functions for the test (the fast path off), as it found them afterwards."""
+    from otel_flask_metrics import fast_attributes
+
+    was_installed = fast_attributes.is_installed()
+    fast_attributes.uninstall()
+    yield
+    fast_attributes.uninstall()
+    if was_installed:
+        fast_attributes.install()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,16 +19,6 @@ from otel_flask_metrics import attribute_encoding, fast_attributes
 ORIGINAL = getattr(
     trace_encoder._encode_attributes, "__wrapped__", trace_encoder._encode_attributes
 )
-
-
-@pytest.fixture
-def sdk_functions() -> Iterator[None]:
-    was_installed = fast_attributes.is_installed()
-    fast_attributes.uninstall()
-    yield
-    fast_attributes.uninstall()
-    if was_installed:
-        fast_attributes.install()
 
 
 _VALUES: list[Any] = [

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,17 +33,6 @@ class Plan(enum.IntEnum):
 
 class Tier(str, enum.Enum):
     GOLD = "gold"
-
-
-@pytest.fixture
-def sdk_functions() -> Iterator[None]:
-    """Each test starts from the SDK's own functions and leaves them as it found them."""
-    was_installed = fast_attributes.is_installed()
-    fast_attributes.uninstall()
-    yield
-    fast_attributes.uninstall()
-    if was_installed:
-        fast_attributes.install()
 
 
 def _values(rng: random.Random) -> Any:

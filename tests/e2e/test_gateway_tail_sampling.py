@@ -62,6 +62,7 @@ from stack_processes import (  # type: ignore[import-not-found]
 )
 
 from tests.e2e.file_export import FILE_EXPORT_CONFIG, exported_spans
+from tests.e2e.test_gateway_tier import _collector_env, _spans_by_gateway, start_agent
 
 AGENT_CONFIG = ROOT / "collector-config" / "gateway" / "agent.yaml"
 GATEWAY_CONFIG = ROOT / "collector-config" / "otelcol-config.yaml"
@@ -167,18 +168,6 @@ class Gateway:
         return sum(int(float(v)) for v in DROPPED_EARLY.findall(self._own_metrics()))
 
 
-def _collector_env(grpc: int, http: int, health: int, metrics: int) -> dict[str, str]:
-    """The variables both configs read for their own addresses, for a loopback run."""
-    return {
-        **os.environ,
-        "OTELCOL_OTLP_GRPC_ENDPOINT": f"{LOOPBACK}:{grpc}",
-        "OTELCOL_OTLP_HTTP_ENDPOINT": f"{LOOPBACK}:{http}",
-        "OTELCOL_HEALTH_ENDPOINT": f"{LOOPBACK}:{health}",
-        "OTELCOL_METRICS_HOST": LOOPBACK,
-        "OTELCOL_METRICS_PORT": str(metrics),
-    }
-
-
 @dataclass
 class Tier:
     agent_otlp_http: str
@@ -195,18 +184,8 @@ def tier(tmp_path: Path) -> Iterator[Tier]:
     try:
         for gateway in gateways:
             gateway.start(collector, tmp_path)
-        agent_http, agent_health = free_port(), free_port()
-        env = _collector_env(free_port(), agent_http, agent_health, free_port())
-        env["OTELCOL_GATEWAYS"] = "[" + ", ".join(g.address for g in gateways) + "]"
-        agent = Service(
-            "agent",
-            [str(collector), f"--config={AGENT_CONFIG}"],
-            logs,
-            env=env,
-            ready_url=f"http://{LOOPBACK}:{agent_health}/",
-        ).start()
-        agent.wait_ready(90)
-        yield Tier(f"http://{LOOPBACK}:{agent_http}", gateways)
+        agent, agent_url = start_agent(collector, [g.address for g in gateways], logs)
+        yield Tier(agent_url, gateways)
     finally:
         for service in [agent, *(g.service for g in gateways)]:
             if service is not None:
@@ -301,17 +280,6 @@ def _export(endpoint: str, spans: list[ReadableSpan], service: str) -> None:
         result = exporter.export(mine[i : i + EXPORT_BATCH])
         assert result is SpanExportResult.SUCCESS, f"{service} batch {i}: {result}"
     exporter.shutdown()
-
-
-def _spans_by_gateway(gateways: list[Gateway]) -> dict[str, dict[str, list[str]]]:
-    """gateway name -> trace id -> the span ids it exported (duplicates kept)."""
-    found: dict[str, dict[str, list[str]]] = {}
-    for gateway in gateways:
-        by_trace: dict[str, list[str]] = defaultdict(list)
-        for span in gateway.spans():
-            by_trace[span["traceId"]].append(span["spanId"])
-        found[gateway.name] = by_trace
-    return found
 
 
 @pytest.mark.e2e

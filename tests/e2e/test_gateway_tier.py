@@ -35,7 +35,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,22 @@ def _collector_env(grpc: int, http: int, health: int, metrics: int) -> dict[str,
     }
 
 
+def start_agent(collector: Path, gateways: list[str], logs: Path) -> tuple[Service, str]:
+    """The agent Collector routing to ``gateways`` (host:port), ready; and its OTLP/HTTP URL."""
+    agent_http, agent_health = free_port(), free_port()
+    env = _collector_env(free_port(), agent_http, agent_health, free_port())
+    env["OTELCOL_GATEWAYS"] = "[" + ", ".join(gateways) + "]"
+    agent = Service(
+        "agent",
+        [str(collector), f"--config={AGENT_CONFIG}"],
+        logs,
+        env=env,
+        ready_url=f"http://{LOOPBACK}:{agent_health}/",
+    ).start()
+    agent.wait_ready(90)
+    return agent, f"http://{LOOPBACK}:{agent_http}"
+
+
 @dataclass
 class Tier:
     prometheus_url: str
@@ -192,18 +208,8 @@ def tier(tmp_path: Path) -> Iterator[Tier]:
         prom.wait_ready(60)
         for gateway in gateways:
             gateway.start(collector, tmp_path, prometheus_url)
-        agent_http, agent_health = free_port(), free_port()
-        env = _collector_env(free_port(), agent_http, agent_health, free_port())
-        env["OTELCOL_GATEWAYS"] = "[" + ", ".join(g.address for g in gateways) + "]"
-        agent = Service(
-            "agent",
-            [str(collector), f"--config={AGENT_CONFIG}"],
-            logs,
-            env=env,
-            ready_url=f"http://{LOOPBACK}:{agent_health}/",
-        ).start()
-        agent.wait_ready(90)
-        yield Tier(prometheus_url, f"http://{LOOPBACK}:{agent_http}", gateways, collector, tmp_path)
+        agent, agent_url = start_agent(collector, [g.address for g in gateways], logs)
+        yield Tier(prometheus_url, agent_url, gateways, collector, tmp_path)
     finally:
         # The agent first (it hands its queues to the gateways), Prometheus last.
         for service in [agent, *(g.service for g in gateways), prom]:
@@ -312,8 +318,11 @@ def _series(prometheus_url: str) -> dict[tuple[str, int], float]:
     }
 
 
-def _spans_by_gateway(gateways: list[Gateway]) -> dict[str, dict[str, list[str]]]:
-    """gateway name -> trace id -> the span ids it exported (duplicates kept)."""
+def _spans_by_gateway(gateways: Sequence[Any]) -> dict[str, dict[str, list[str]]]:
+    """gateway name -> trace id -> the span ids it exported (duplicates kept).
+
+    Any gateway with a ``name`` and a ``spans()`` reader of its file export.
+    """
     found: dict[str, dict[str, list[str]]] = {}
     for gateway in gateways:
         by_trace: dict[str, list[str]] = defaultdict(list)
