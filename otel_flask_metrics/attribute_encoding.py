@@ -11,7 +11,8 @@ The OTLP exporters encode in Python: for each attribute a ``KeyValue`` and an
   8,000 histogram points took 209 ms, 140 ms with the memo (measured once,
   same bytes).
 
-Every microsecond of it holds the GIL while requests wait.
+Every microsecond of it holds the GIL while requests wait; the replacement
+also pauses after each span or point (:mod:`.export_pauses`).
 
 The trace and metrics encoders' ``_encode_attributes`` is replaced by one that
 keeps the encoded ``KeyValue`` of each (key, value) it has seen, for values
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from .export_pauses import let_requests_run
 
 #: Distinct (key, value) encodings kept at most; the memo starts over past this.
 #: Each costs about 1 KiB (a message and its upb arena, measured): 0.5 MiB at most.
@@ -65,6 +68,7 @@ def memoized(original: Callable[[Any], list[Any]]) -> Callable[[Any], list[Any]]
     memo: dict[tuple[Any, ...], Any] = {}
 
     def encode_attributes(attributes: Mapping[str, Any] | None) -> list[Any]:
+        let_requests_run()  # once per span or metric point (see export_pauses)
         if not attributes:
             return []
         encoded = []

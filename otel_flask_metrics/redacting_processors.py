@@ -22,6 +22,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.status import Status
 from opentelemetry.util.types import AnyValue, AttributeValue
 
+from .export_pauses import let_requests_run
 from .redaction_rules import (
     _log_once,
 )
@@ -165,6 +166,7 @@ class RedactingSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         redacted: list[ReadableSpan] = []
         for span in spans:
+            let_requests_run()
             try:
                 redacted.append(redact_span(_with_plain_attributes(span), self._redactor))
             except Exception:

@@ -139,3 +139,12 @@ def test_metric_exports_encode_to_the_original_bytes_export_after_export(
             assert encode_metrics(data).SerializeToString() == expected, seed  # from the memo
         finally:
             metrics_encoder._encode_attributes = original  # type: ignore[attr-defined]
+
+
+def test_the_encoder_pauses_once_per_span_or_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses: list[int] = []
+    monkeypatch.setattr(attribute_encoding, "let_requests_run", lambda: pauses.append(1))
+    fast = attribute_encoding.memoized(ORIGINAL)
+    for attributes in ({"a": "b"}, {}, None, {"c": 1.5}):
+        fast(attributes)
+    assert len(pauses) == 4
