@@ -141,7 +141,10 @@ def available() -> bool:
 
 
 def _plan() -> dict[str, tuple[ModuleType, str, Callable[..., Any], Callable[..., Any]]] | None:
-    """The two replacements, or None when the SDK is not the one they were checked on."""
+    """The replacements by name, or None when the SDK is not the one they were checked on.
+
+    The encoders' (:mod:`.attribute_encoding`) join only where their own check passes.
+    """
     try:
         from opentelemetry import attributes
         from opentelemetry.sdk.metrics._internal import _view_instrument_match, measurement
