@@ -350,3 +350,6 @@ def test_receiver_stopped_mid_traffic_loses_nothing(
     assert not unknown
     assert _cumulative(stack.thanos_query_url) == expected_cumulative
     assert set(owners.values()) == {"1", "2"}, "one receiver owns every series"
+    # The retried share written twice was taken as the same samples.
+    refused = [m for log in thanos_logs.values() for m in log if re.search("order|uplicate", m)]
+    assert not refused, refused
