@@ -24,6 +24,11 @@ Three measurements, each on the real Collector binary
     ``otelcol_exporter_send_failed_*``, ``otelcol_exporter_enqueue_failed_*``
     on its telemetry port), its CPU is read from ``/proc``.
 
+``prometheus-memory``
+    Worker exports of the same shape for ``--instances`` processes, written
+    through the shipped Collector into the pinned Prometheus
+    (``scripts/build-prometheus.sh``): its RSS and Go heap per head series.
+
 ``queue-memory``
     The agent of ``collector-config/gateway/agent.yaml`` with its one gateway
     down (nothing listens on the gateway port): N spans, or N metric data
@@ -77,6 +82,7 @@ from stack_processes import (  # noqa: E402
     LOOPBACK,
     Service,
     build_collector,
+    find_prometheus,
     free_port,
     wait_until,
 )
@@ -726,7 +732,7 @@ def throughput(args: argparse.Namespace) -> None:
                         f"{c.sent / c.seconds:,.0f}/s at {c.cpu:.2f} cores); tried "
                         + ", ".join(f"{rate:,.0f}{'+' if ok else '-'}" for rate, ok in result.tried)
                     )
-    report = {
+    report: dict[str, Any] = {
         f"{signal}/{variant}": [
             {
                 "saturated_accepted_per_s": r.saturated.rate,
@@ -741,30 +747,42 @@ def throughput(args: argparse.Namespace) -> None:
         ]
         for (signal, variant), rounds in results.items()
     }
+    report["_meta"] = {"rounds": args.rounds, "cpu": args.collector_cpu, "points": points}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    render(report)
+
+
+def render(report: dict[str, Any]) -> None:
+    """The Markdown table of a throughput run (also from its ``--json`` file)."""
+    meta = report["_meta"]
     print(
-        f"One Collector core (`taskset -c {args.collector_cpu}`), {args.rounds} rounds, "
+        f"One Collector core (`taskset -c {meta['cpu']}`), {meta['rounds']} rounds, "
         f"median (min-max); {SPANS_PER_BATCH}-span gzip batches; metric exports of "
-        f"{points} data points each (in Prometheus a duration point is 17 samples, "
-        "a size point 14)\n"
+        f"{meta['points']} data points each (in Prometheus a duration point is 17 samples, "
+        "a size point 14). Per CPU-second: the sustained rate divided by the cores the "
+        "Collector used there, which other processes on its core do not change\n"
     )
     print(
-        "| pipeline | processors | sustained per core (/s) | CPU there (cores) "
+        "| pipeline | processors | sustained (/s) | CPU there (cores) | per CPU-second "
         "| saturated: accepted / exported (/s) |"
     )
-    print("| --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- |")
     config = yaml.safe_load(SHIPPED_CONFIG.read_text())
-    for (signal, variant), rounds in results.items():
+    for key, rounds in report.items():
+        if key.startswith("_"):
+            continue
+        signal, variant = key.split("/", 1)
         processors = (TRACE_VARIANTS if signal == "traces" else METRIC_VARIANTS)[variant]
         shown = processors or config["service"]["pipelines"][signal]["processors"]
         unit = "spans" if signal == "traces" else "data points"
         print(
             f"| {signal} ({unit}) | {variant}: {', '.join(shown)} "
-            f"| {spread([r.sustained for r in rounds])} "
-            f"| {statistics.median(r.confirmed.cpu for r in rounds):.2f} "
-            f"| {spread([r.saturated.rate for r in rounds])} / "
-            f"{spread([r.saturated.sent / r.saturated.seconds for r in rounds])} |"
+            f"| {spread([r['sustained_per_s'] for r in rounds])} "
+            f"| {statistics.median(r['sustained_cpu'] for r in rounds):.2f} "
+            f"| {spread([r['sustained_per_s'] / r['sustained_cpu'] for r in rounds])} "
+            f"| {spread([r['saturated_accepted_per_s'] for r in rounds])} / "
+            f"{spread([r['saturated_exported_per_s'] for r in rounds])} |"
         )
 
 
@@ -835,6 +853,84 @@ def queue_memory(args: argparse.Namespace) -> None:
         )
 
 
+# --- Prometheus memory per series ------------------------------------------------
+
+
+def prometheus_memory(args: argparse.Namespace) -> None:
+    """Series written through the shipped Collector into the pinned Prometheus."""
+    binary, prometheus = build_collector(), find_prometheus()
+    shape = MetricShape()
+    with tempfile.TemporaryDirectory(prefix="ofm-prometheus-") as tmp:
+        work = Path(tmp)
+        url = f"http://{LOOPBACK}:{free_port()}"
+        config = work / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 15s\n")
+        prom = Service(
+            "prometheus",
+            [
+                prometheus.path, f"--config.file={config}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address={url.removeprefix('http://')}",
+                "--web.enable-remote-write-receiver",
+            ],
+            work, ready_url=f"{url}/-/ready",
+        ).start()
+        try:
+            prom.wait_ready(60)
+            assert prom.process is not None
+            env = {
+                "PROMETHEUS_REMOTE_WRITE_ENDPOINT": f"{url}/api/v1/write",
+                "TRACES_OTLP_ENDPOINT": f"{LOOPBACK}:{free_port()}",
+                "LOGS_OTLP_HTTP_ENDPOINT": f"http://{LOOPBACK}:{free_port()}/v1/logs",
+            }
+            with collector(binary, SHIPPED_CONFIG, work, "collector", None, env) as col:
+                def own() -> tuple[float, float, float]:
+                    t = telemetry(f"{url}/metrics")
+                    return (
+                        total(t, "prometheus_tsdb_head_series"),
+                        float(rss_bytes(prom.process.pid)),  # type: ignore[union-attr]
+                        total(t, "go_memstats_heap_inuse_bytes"),
+                    )
+
+                time.sleep(3)
+                before = own()
+                connection = http.client.HTTPConnection(LOOPBACK, col.otlp_http, timeout=60)
+                for _ in range(args.samples):
+                    started = time.monotonic()
+                    for instance in range(args.instances):
+                        body = gzip.compress(
+                            metric_request(instance, shape).SerializeToString()
+                        )
+                        connection.request(
+                            "POST", "/v1/metrics", body,
+                            {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"},
+                        )
+                        response = connection.getresponse()
+                        response.read()
+                        if response.status != 200:
+                            raise RuntimeError(f"the Collector answered {response.status}")
+                    # One export per process per interval, as the distro sends.
+                    time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+                time.sleep(args.interval)
+                after = own()
+        finally:
+            prom.stop()
+    series = after[0] - before[0]
+    print(
+        f"Prometheus {prometheus.version}: {series:,.0f} series written through the shipped "
+        f"Collector ({args.instances} worker processes' exports, {args.samples} samples each, "
+        f"{args.interval:.0f} s apart)\n"
+    )
+    print("| | before | after | per series (bytes) |")
+    print("| --- | --- | --- | --- |")
+    print(f"| head series | {before[0]:,.0f} | {after[0]:,.0f} | |")
+    for label, i in (("RSS", 1), ("Go heap in use", 2)):
+        per = (after[i] - before[i]) / series if series else float("nan")
+        print(
+            f"| {label} (MiB) | {before[i] / 2**20:,.0f} | {after[i] / 2**20:,.0f} | {per:,.0f} |"
+        )
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--sinks":
         run_sinks(int(sys.argv[2]), int(sys.argv[3]))
@@ -850,6 +946,7 @@ def main() -> None:
     t.add_argument("--collector-cpu", default="0", help="taskset list for the Collector")
     t.add_argument("--load-cpu", default="1", help="CPUs of the load generator and sinks")
     t.add_argument("--json", help="also write the raw figures here")
+    t.add_argument("--from-json", help="only print the table of an earlier run's --json")
     q = sub.add_parser("queue-memory", help="agent memory per item held in its queues")
     q.add_argument(
         "--items", type=lambda s: [int(x) for x in s.split(",")],
@@ -857,8 +954,20 @@ def main() -> None:
         help="items to hold, comma-separated (rounded down to whole requests)",
     )
     q.add_argument("--settle", type=float, default=5.0, help="seconds before reading memory")
+    m = sub.add_parser("prometheus-memory", help="Prometheus memory per series it holds")
+    m.add_argument("--instances", type=int, default=20, help="worker processes simulated")
+    m.add_argument("--samples", type=int, default=4, help="exports per process")
+    m.add_argument("--interval", type=float, default=5.0, help="seconds between exports")
     args = parser.parse_args()
-    {"throughput": throughput, "queue-memory": queue_memory}[args.command](args)
+    commands = {
+        "throughput": throughput,
+        "queue-memory": queue_memory,
+        "prometheus-memory": prometheus_memory,
+    }
+    if args.command == "throughput" and args.from_json:
+        render(json.loads(Path(args.from_json).read_text()))
+        return
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
