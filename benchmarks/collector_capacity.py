@@ -1,4 +1,4 @@
-"""What one Collector core sustains, and what a gateway's queues cost in memory.
+"""What one Collector core sustains, and what queues and series cost in memory.
 
 Three measurements, each on the real Collector binary
 (``scripts/build-collector.sh``) on free loopback ports:
@@ -14,14 +14,21 @@ Three measurements, each on the real Collector binary
     redaction processors act on), and metric exports of one worker's
     histograms and process metrics. For each variant of the pipeline (the
     shipped one, without the user-agent transform, without the two redaction
-    processors, without all three) a round first saturates the Collector
-    (``--connections`` senders that each wait for the answer): what its
-    receiver accepts per second there is its capacity, with its CPU at one
-    core. Then it offers 90 % of that rate open-loop for the same time and
-    checks that everything is accepted and exported, none refused. The counts
-    are the Collector's own (``otelcol_receiver_accepted_*``,
-    ``otelcol_receiver_refused_*``, ``otelcol_exporter_sent_*``,
-    ``otelcol_exporter_send_failed_*``, ``otelcol_exporter_enqueue_failed_*``
+    processors, without all three) a round first saturates a Collector
+    (``--connections`` senders that each wait for the answer), then offers
+    rates open-loop, each to a fresh Collector, starting at 90 % of what the
+    saturated one exported: a rate passes when the receiver accepted all of
+    it, the exporter sent all it accepted and nothing was refused or failed
+    (:func:`passes`); a passing rate below one core predicts the next (rate /
+    cores used), a failing one is bisected. The sustained rate is the
+    highest that passed; divided by the cores the Collector used there it
+    is the per-CPU-second figure, which other processes on its core do not
+    change. Saturated, the metrics receiver takes many times what the
+    remote-write exporter can send (its queue grows): the exporter, not the
+    receiver, is the capacity. The counts are the Collector's own
+    (``otelcol_receiver_accepted_*``, ``otelcol_receiver_refused_*``,
+    ``otelcol_exporter_sent_*``, ``otelcol_exporter_send_failed_*``,
+    ``otelcol_exporter_enqueue_failed_*``
     on its telemetry port), its CPU is read from ``/proc``.
 
 ``prometheus-memory``
@@ -33,12 +40,13 @@ Three measurements, each on the real Collector binary
     The agent of ``collector-config/gateway/agent.yaml`` with its one gateway
     down (nothing listens on the gateway port): N spans, or N metric data
     points, sent to it wait in the load-balancing exporter's queue; the
-    agent's RSS and Go heap are read with 0 and N items held, giving bytes
-    per queued item.
+    agent's RSS and Go heap are read idle and with N items held, giving
+    bytes per queued item. (What was accepted is what is held: the
+    per-gateway queues report no size of their own, and a drop fails the run.)
 
 Run: ``python benchmarks/collector_capacity.py throughput --rounds 3`` (about
-12 minutes), ``python benchmarks/collector_capacity.py queue-memory`` (about
-1 minute). Markdown on stdout, progress on stderr. Linux only (``taskset``,
+18 minutes on 2 cores); ``queue-memory`` and ``prometheus-memory`` take about a
+minute each. Markdown on stdout, progress on stderr. Linux only (``taskset``,
 ``/proc``). Everything talks to 127.0.0.1 only.
 """
 
