@@ -954,7 +954,9 @@ def main() -> None:
     t.add_argument("--collector-cpu", default="0", help="taskset list for the Collector")
     t.add_argument("--load-cpu", default="1", help="CPUs of the load generator and sinks")
     t.add_argument("--json", help="also write the raw figures here")
-    t.add_argument("--from-json", help="only print the table of an earlier run's --json")
+    t.add_argument(
+        "--from-json", help="only print the table of earlier runs' --json files (comma-separated)"
+    )
     q = sub.add_parser("queue-memory", help="agent memory per item held in its queues")
     q.add_argument(
         "--items", type=lambda s: [int(x) for x in s.split(",")],
@@ -973,7 +975,15 @@ def main() -> None:
         "prometheus-memory": prometheus_memory,
     }
     if args.command == "throughput" and args.from_json:
-        render(json.loads(Path(args.from_json).read_text()))
+        # Several runs' files: their rounds together.
+        merged: dict[str, Any] = {}
+        for name in args.from_json.split(","):
+            report = json.loads(Path(name).read_text())
+            meta = report.pop("_meta")
+            for key, rounds in report.items():
+                merged.setdefault(key, []).extend(rounds)
+            merged.setdefault("_meta", {**meta, "rounds": 0})["rounds"] += meta["rounds"]
+        render(merged)
         return
     commands[args.command](args)
 
