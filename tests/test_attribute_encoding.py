@@ -77,6 +77,20 @@ def test_an_attribute_the_encoder_refuses_is_skipped_as_the_original_skips_it() 
     assert [kv.key for kv in fast(attributes)] == ["ok"]
 
 
+def test_an_encoder_argument_it_does_not_know_goes_to_the_original() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def newer(attributes: Any, allow_null: bool = False) -> list[Any]:
+        calls.append((attributes, allow_null))
+        return ORIGINAL(attributes)
+
+    fast = attribute_encoding.memoized(newer)
+    assert fast({"k": "v"}, allow_null=True) == ORIGINAL({"k": "v"})
+    assert fast({"k": "v"}, True) == ORIGINAL({"k": "v"})
+    assert calls == [({"k": "v"}, True), ({"k": "v"}, True)]
+    assert not fast.memo  # type: ignore[attr-defined]
+
+
 def test_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(attribute_encoding, "MAX_ENTRIES", 10)
     fast = attribute_encoding.memoized(ORIGINAL)
