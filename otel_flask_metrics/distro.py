@@ -29,7 +29,7 @@ from opentelemetry.sdk.resources import Attributes, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from . import export_transport, log_throttle
+from . import exit_export, export_transport, log_throttle
 from .config import ConfigProblem, Settings, report_problems, resolve_settings
 from .consumers import DEFAULT_HASH_KEY
 from .fork_safety import ForkSafeMetricReader, fork_safe_provider
@@ -201,6 +201,8 @@ def configure(
         # Observable instruments register on the provider, so it must exist.
         ProcessMetrics().register(meter_provider)
     _setup_logging(resource, settings, env, problems, _logging_handler)
+    # Registered after the providers' own atexit shutdown, so it runs first.
+    exit_export.register()
     report_problems(problems)  # deduplicated: a bad protocol is one line
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
@@ -416,6 +418,7 @@ def load_exporters(
                 exporters.append(export_transport.build_exporter(factory, signal, env))
             else:
                 exporters.append(factory())
+            exit_export.watch(exporters[-1])  # its retries at exit are bounded
         except Exception as exc:
             problems.append(ConfigProblem(variable, raw, f"exporter {name!r} failed: {exc}"))
     return exporters
