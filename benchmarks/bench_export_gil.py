@@ -10,7 +10,7 @@ back, as a busy span processor would. Each mode runs in a fresh process::
 
 Modes: ``idle`` (no export thread: the floor), ``sdk`` (the exporter's own
 encoder, fast path off), ``distro`` (the fast path: memoised attribute
-encoding and a pause after each span, :mod:`otel_flask_metrics.export_pauses`).
+encoding and a 50 µs pause every 0.5 ms of work, :mod:`otel_flask_metrics.export_pauses`).
 Prints p50 / p99 / max of the request thread's iterations, in ms.
 """
 

@@ -35,3 +35,22 @@ def test_redaction_pauses_once_per_span(monkeypatch: pytest.MonkeyPatch) -> None
     assert len(pauses) == 5
     assert [s.attributes["n"] for s in kept.spans] == [0, 1, 2, 3, 4]
     assert all(s.attributes["password"] != "hunter2" for s in kept.spans)
+
+
+def test_a_pause_only_after_the_work_of_a_pause_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_flask_metrics import export_pauses
+
+    clock = [100.0]
+    sleeps: list[float] = []
+    monkeypatch.setattr(export_pauses.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(export_pauses.time, "sleep", sleeps.append)
+    monkeypatch.setattr(export_pauses, "_last_pause", 0.0)
+    export_pauses.let_requests_run()  # long since the last one
+    assert sleeps == [export_pauses.PAUSE_FOR]
+    for _ in range(10):  # work shorter than the interval: no pause
+        clock[0] += export_pauses.PAUSE_EVERY / 20
+        export_pauses.let_requests_run()
+    assert len(sleeps) == 1
+    clock[0] += export_pauses.PAUSE_EVERY
+    export_pauses.let_requests_run()
+    assert len(sleeps) == 2
