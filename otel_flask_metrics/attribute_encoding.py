@@ -67,7 +67,9 @@ def memoized(original: Callable[[Any], list[Any]]) -> Callable[[Any], list[Any]]
     """
     memo: dict[tuple[Any, ...], Any] = {}
 
-    def encode_attributes(attributes: Mapping[str, Any] | None, *rest: Any, **options: Any) -> list[Any]:
+    def encode_attributes(
+        attributes: Mapping[str, Any] | None, *rest: Any, **options: Any
+    ) -> list[Any]:
         let_requests_run()  # once per span or metric point (see export_pauses)
         if rest or options:  # a newer encoder's argument (allow_null...): its own path
             return original(attributes, *rest, **options)

@@ -41,7 +41,7 @@ class ExitBoundEvent(threading.Event):
     def is_set(self) -> bool:
         return super().is_set() or (_deadline is not None and time.monotonic() >= _deadline)
 
-    isSet = is_set  # noqa: N815  # threading.Event's old alias
+    isSet = is_set  # threading.Event's old alias
 
     def wait(self, timeout: float | None = None) -> bool:
         if _deadline is not None:
