@@ -19,9 +19,10 @@ Measured over HTTP (``benchmarks/overhead.py --mode http``, gunicorn, 1 sync
 worker, 3 rounds, separate runs on 2 cores; full mode, every request traced):
 
 - no pause: p99 15.8 ms, 475 µs of worker CPU a request;
-- ``time.sleep(0)`` after every span: p99 8.1 ms, but 800 µs (every pause
-  handed the GIL over and back: two thread switches a span; valgrind's
-  instruction counts, which leave the kernel out, did not show it);
+- ``time.sleep(0)`` after every span: p99 8.1 ms, but 800 µs (5 rounds, part
+  of them beside another job; bare Flask's 328-342 µs in every run). Most
+  likely each pause handed the GIL over and back, two thread switches a
+  span; valgrind's instruction counts leave the kernel out and did not show it;
 - this: p99 9.3 ms, 528 µs. Production preset: 7.4, 3.6 and 4.5 ms.
 
 In isolation (``benchmarks/bench_export_gil.py``: a thread doing 0.2 ms of
