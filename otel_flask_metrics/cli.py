@@ -171,6 +171,10 @@ def _print_endpoint_status(env: Mapping[str, str]) -> bool:
     url = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or (
         env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/") + "/v1/metrics"
     )
+    if urllib.parse.urlsplit(url.strip()).scheme.lower() not in ("http", "https"):
+        # The configuration problem above names the variable and the fix.
+        print(f"OTLP endpoint: {url} (not an http:// or https:// URL; not probed)")
+        return False
     # An empty export request is valid OTLP: a Collector answers it with 200.
     probe = urllib.request.Request(
         url, data=b"", method="POST", headers={"Content-Type": "application/x-protobuf"}

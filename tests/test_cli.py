@@ -466,6 +466,18 @@ def test_grpc_endpoint_is_not_probed(
     assert collector.requests == []
 
 
+def test_an_endpoint_without_a_scheme_is_named_once_and_not_probed(
+    capsys: pytest.CaptureFixture[str], closed_port: int
+) -> None:
+    endpoint = f"127.0.0.1:{closed_port}"
+    code, output = check(capsys, {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    assert code == 1
+    not_probed = "(not an http:// or https:// URL; not probed)"
+    assert f"OTLP endpoint: {endpoint}/v1/metrics {not_probed}" in output
+    assert "unknown url type" not in output
+    assert len(problem_lines(output)) == 1, output
+
+
 # --- secrets ----------------------------------------------------------------------------
 
 
