@@ -86,6 +86,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from otlp_sink import data_points  # noqa: E402  # benchmarks/, the script's folder
 from stack_processes import (  # noqa: E402
     LOOPBACK,
     Service,
@@ -348,17 +349,6 @@ def metric_request(
     uptime = process.metrics.add(name="process.uptime", unit="s")
     uptime.gauge.data_points.add(time_unix_nano=now, as_double=3600.0)
     return request
-
-
-def data_points(request: ExportMetricsServiceRequest) -> int:
-    total = 0
-    for rm in request.resource_metrics:
-        for sm in rm.scope_metrics:
-            for m in sm.metrics:
-                kind = m.WhichOneof("data")
-                if kind is not None:
-                    total += len(getattr(m, kind).data_points)
-    return total
 
 
 def metric_requests(count: int, shape: MetricShape) -> tuple[list[bytes], int]:
